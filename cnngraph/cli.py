@@ -1,0 +1,45 @@
+"""The `cnngraph` command: a thin dispatcher.
+
+Each subcommand lives in its own module under `cnngraph/commands/` and exposes
+`register(subparsers)`, which adds its parser and sets `func` (args -> exit code).
+A `CnnGraphError` (any error a user can cause) is printed as one line on stderr with exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import CnnGraphError
+
+COMMANDS = ["zoo", "show", "train", "export", "verify", "infer", "bench", "demo"]
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cnngraph", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"cnngraph.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"cnngraph.commands.{name}":
+                raise
+            continue  # command not written yet
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CnnGraphError as exc:
+        print(f"cnngraph {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cnngraph {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

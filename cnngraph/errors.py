@@ -1,0 +1,32 @@
+"""Errors a user can cause. The CLI prints them as one message (exit 2), never a traceback."""
+from __future__ import annotations
+
+
+class CnnGraphError(Exception):
+    """Base class: a problem the user can fix (bad spec, wrong input, missing file)."""
+
+
+class SpecError(CnnGraphError, ValueError):
+    """A spec that cannot be compiled. The message names file (and line), layer path, and the fix."""
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None,
+                 path: str | None = None):
+        self.file, self.line, self.path, self.reason = file, line, path, message
+        where = ""
+        if file:
+            where = file + (f":{line}" if line else "") + ": "
+        if path:
+            where += f"layer '{path}': "
+        super().__init__(where + message)
+
+
+class DataError(CnnGraphError, ValueError):
+    """A dataset that cannot be read or does not fit the spec."""
+
+
+class ExportError(CnnGraphError, ValueError):
+    """Weights or ops that cannot be exported as asked."""
+
+
+class InputError(CnnGraphError, ValueError):
+    """An input (file, array, shape, dtype) that does not fit the model."""
