@@ -12,7 +12,7 @@ import sys
 
 from .errors import CnnGraphError
 
-COMMANDS = ["zoo", "show", "train", "export", "verify", "infer", "bench", "demo"]
+COMMANDS = ["zoo", "show", "ops", "train", "export", "verify", "infer", "bench", "demo"]
 
 
 def make_parser() -> argparse.ArgumentParser:

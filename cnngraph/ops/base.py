@@ -25,6 +25,63 @@ class Attr:
     kind: str = "any"
     choices: tuple | None = None
 
+    def normalize(self, value: Any) -> Any:
+        """The canonical form of a spec value (raises ValueError saying what is expected).
+
+        int -> int; float -> float; bool -> bool; str -> str (one of `choices`);
+        ints -> (h, w); padding -> (top, left, bottom, right) or "same"; table -> tuple of tuples.
+        None stays None (an optional attribute left unset).
+        """
+        if value is None:
+            return None
+        kind = self.kind
+        if kind == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"expected an integer, got {value!r}")
+            return value
+        if kind == "float":
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"expected a number, got {value!r}")
+            return float(value)
+        if kind == "bool":
+            if not isinstance(value, bool):
+                raise ValueError(f"expected true or false, got {value!r}")
+            return value
+        if kind == "str":
+            if not isinstance(value, str) or (self.choices and value not in self.choices):
+                raise ValueError(f"expected one of {', '.join(self.choices or ())}, got {value!r}")
+            return value
+        if kind == "ints":
+            vals = _int_list(value, (1, 2))
+            return (vals[0], vals[0]) if len(vals) == 1 else tuple(vals)
+        if kind == "padding":
+            if value == "same":
+                return "same"
+            vals = _int_list(value, (1, 2, 4), extra=' or "same"')
+            if len(vals) == 1:
+                return (vals[0],) * 4
+            if len(vals) == 2:
+                return (vals[0], vals[1], vals[0], vals[1])
+            return tuple(vals)
+        if kind == "table":
+            if not isinstance(value, (list, tuple)) or not all(
+                isinstance(row, (list, tuple)) and row and all(
+                    isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in row)
+                for row in value):
+                raise ValueError("expected a list, one entry per output channel, of non-empty "
+                                 "lists of input-channel indices")
+            return tuple(tuple(row) for row in value)
+        return value
+
+
+def _int_list(value: Any, lengths: tuple[int, ...], extra: str = "") -> list[int]:
+    vals = [value] if isinstance(value, int) else value
+    if (not isinstance(vals, (list, tuple)) or len(vals) not in lengths
+            or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in vals)):
+        shapes = " or ".join("an integer" if n == 1 else f"a list of {n} integers" for n in lengths)
+        raise ValueError(f"expected {shapes} (non-negative){extra}, got {value!r}")
+    return list(vals)
+
 
 class ShapeError(ValueError):
     """Raised by an op's rules; shape inference adds the file, line and layer path."""

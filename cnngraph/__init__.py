@@ -1,0 +1,18 @@
+"""cnngraph: convolutional networks as declarative specs, compiled to a checked graph (shapes,
+parameters, MACs, receptive fields), built as PyTorch modules and exported to ONNX.
+
+    graph = cnngraph.load("resnet50")        # a zoo name, a .yaml/.json file, a dict or a SpecBuilder
+    module = cnngraph.build(graph)           # a torch.nn.Module
+"""
+from __future__ import annotations
+
+from .build import build
+from .compiler import load
+from .errors import CnnGraphError, DataError, ExportError, InputError, SpecError
+from .graph import Graph, Node, Output
+from .spec import SpecBuilder, layer, save_spec
+
+__version__ = "0.1.0"
+
+__all__ = ["load", "build", "save_spec", "SpecBuilder", "layer", "Graph", "Node", "Output",
+           "CnnGraphError", "SpecError", "InputError", "DataError", "ExportError", "__version__"]

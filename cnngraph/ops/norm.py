@@ -1,0 +1,100 @@
+"""Normalisation: batch norm (weight 1, bias 0 at start, as torchvision) and local response
+normalisation (AlexNet's across-channels LRN and Caffe's within-channel variant, from
+`custom_ops`)."""
+from __future__ import annotations
+
+from torch import nn
+
+from . import register
+from .base import Attr, Op, ShapeError
+from .tensor import fmt, need_positive
+
+
+@register
+class BatchNorm(Op):
+    """Batch normalisation over the channels of a (N, C, H, W) map or the features of a (N, F)
+    vector: a learned scale and shift per channel (2*C parameters; running statistics are
+    buffers, not parameters)."""
+
+    name = "batch_norm"
+    attrs = {
+        "eps": Attr(1e-5, "added to the variance", "float"),
+        "momentum": Attr(0.1, "running-statistics update rate", "float"),
+    }
+
+    def infer(self, node, ins):
+        (shape,) = ins
+        if len(shape) not in (2, 4):
+            raise ShapeError(f"batch_norm needs a (N, C, H, W) or (N, F) input, got {fmt(shape)}")
+        return shape
+
+    def params(self, node, ins):
+        return 2 * ins[0][1]
+
+    def torch(self, node, ins):
+        kind = nn.BatchNorm2d if len(ins[0]) == 4 else nn.BatchNorm1d
+        return kind(ins[0][1], eps=node.attrs["eps"], momentum=node.attrs["momentum"])
+
+    def onnx(self, ctx, node, inputs):
+        """A batch norm not folded into a convolution (e.g. DenseNet's BN-ReLU-conv order)."""
+        keys = ("weight", "bias", "running_mean", "running_var")
+        return ctx.op("BatchNormalization", inputs[0], *(ctx.weight(node, k) for k in keys),
+                      epsilon=node.attrs["eps"])
+
+
+@register
+class LRN(Op):
+    """Local response normalisation. across_channels (AlexNet, Caffe, PyTorch, ONNX):
+    y = x / (k + alpha/n * sum of x^2 over n neighbouring channels)^beta. within_channel (Caffe):
+    y = x / (1 + alpha/n^2 * sum of x^2 over an n x n window, zero-padded)^beta, n odd, k unused.
+    Its receptive field: within_channel grows it by the n x n window."""
+
+    name = "lrn"
+    attrs = {
+        "size": Attr(5, "window: channels (across) or n x n pixels (within, odd)", "int"),
+        "alpha": Attr(1e-4, "scale of the sum of squares (divided by the window size)", "float"),
+        "beta": Attr(0.75, "exponent", "float"),
+        "k": Attr(1.0, "additive constant (across_channels)", "float"),
+        "region": Attr("across_channels", "where the window lies", "str",
+                       ("across_channels", "within_channel")),
+    }
+
+    def infer(self, node, ins):
+        need_positive(node, "size")
+        (shape,) = ins
+        if len(shape) != 4:
+            raise ShapeError(f"lrn needs a (N, C, H, W) feature map, got {fmt(shape)}")
+        if node.attrs["region"] == "within_channel" and node.attrs["size"] % 2 == 0:
+            raise ShapeError(f"within_channel lrn needs an odd size (a window centred on each "
+                             f"pixel), got {node.attrs['size']}")
+        return shape
+
+    def window(self, node, ins):
+        if node.attrs["region"] == "within_channel":
+            n = node.attrs["size"]
+            return ((n, 1), (n, 1))
+        return None
+
+    def torch(self, node, ins):
+        from custom_ops import LocalResponseNorm
+
+        a = node.attrs
+        return LocalResponseNorm(a["size"], a["alpha"], a["beta"], a["k"], a["region"])
+
+    def onnx(self, ctx, node, inputs):
+        """across_channels: the standard LRN, same formula and parameters (odd sizes: ONNX
+        centres an even window one channel away from PyTorch's); within_channel: the custom
+        cnngraph.LRNWithinChannel (Caffe's, k = 1)."""
+        a = node.attrs
+        if a["region"] == "within_channel":
+            ctx.require_opset(node, 19, "the cnngraph.LRNWithinChannel function body")
+            if a["k"] != 1.0:
+                ctx.unsupported(node, f"a within-channel LRN with k={a['k']} (Caffe's, which "
+                                "cnngraph.LRNWithinChannel is, has k = 1)")
+            return ctx.custom("LRNWithinChannel", inputs[0], size=a["size"], alpha=a["alpha"],
+                              beta=a["beta"])
+        if a["size"] % 2 == 0:
+            ctx.unsupported(node, "an even across-channel LRN size (ONNX LRN centres the window "
+                            "one channel away from PyTorch's); use an odd size")
+        return ctx.op("LRN", inputs[0], size=a["size"], alpha=a["alpha"], beta=a["beta"],
+                      bias=a["k"])

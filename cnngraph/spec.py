@@ -1,0 +1,225 @@
+"""The spec as data: reading and writing spec files (YAML or JSON) with the line of every
+mapping and key, and `SpecBuilder`, which writes the same dict from Python.
+
+The data stays plain dicts and lists (what `yaml.safe_load` / `json.load` give), so a spec
+round-trips through YAML, JSON and Python unchanged; the lines live beside it in `Source.lines`,
+keyed by the identity of each mapping, and only error messages read them.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import SpecError
+
+SUFFIXES = (".yaml", ".yml", ".json")
+
+
+@dataclass
+class Source:
+    """A spec and where it came from: `lines[id(mapping)]` = (line, {key: line}), 1-based."""
+
+    data: Any
+    file: str | None = None
+    lines: dict[int, tuple[int, dict[str, int]]] = field(default_factory=dict)
+
+    def line(self, mapping: Any, key: str | None = None) -> int | None:
+        """The line of `mapping` (or of its `key`), when the file told us."""
+        entry = self.lines.get(id(mapping))
+        if entry is None:
+            return None
+        return entry[1].get(key, entry[0]) if key is not None else entry[0]
+
+
+class _LineLoader(yaml.SafeLoader):
+    """A SafeLoader that records the line of each mapping and of each of its keys, and refuses
+    duplicate keys (plain YAML would silently keep the last one)."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.lines: dict[int, tuple[int, dict[str, int]]] = {}
+        self.file: str | None = None
+
+    def construct_yaml_map(self, node):
+        data: dict = {}
+        yield data
+        self.flatten_mapping(node)
+        keys: dict[str, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node)
+            if key in keys:
+                raise SpecError(f"duplicate key '{key}' (first on line {keys[key]}): "
+                                "remove one of them", file=self.file,
+                                line=key_node.start_mark.line + 1)
+            keys[key] = key_node.start_mark.line + 1
+        data.update(self.construct_mapping(node))
+        self.lines[id(data)] = (node.start_mark.line + 1, keys)
+
+
+_LineLoader.add_constructor("tag:yaml.org,2002:map", _LineLoader.construct_yaml_map)
+
+
+def parse_yaml(text: str, file: str | None = None) -> Source:
+    loader = _LineLoader(text)
+    loader.file = file
+    try:
+        data = loader.get_single_data()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        context = f" {exc.context}" if exc.context else ""
+        if exc.context_mark and mark and exc.context_mark.line != mark.line:
+            context += f" (from line {exc.context_mark.line + 1})"
+        raise SpecError(f"YAML syntax error: {exc.problem}{context}: fix the syntax here "
+                        "(check indentation, colons, quotes and brackets)", file=file,
+                        line=mark.line + 1 if mark else None) from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"YAML error: {exc}", file=file) from None
+    finally:
+        loader.dispose()
+    return Source(data, file, loader.lines)
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    data = dict(pairs)
+    if len(data) < len(pairs):
+        seen = set()
+        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return data
+
+
+def parse_json(text: str, file: str | None = None) -> Source:
+    """JSON parsed by `json` (the authority on the data); the lines come from reading the same
+    text as YAML, used only when both readings agree (JSON is, nearly always, YAML)."""
+    try:
+        data = json.loads(text, object_pairs_hook=_unique_keys)
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"JSON syntax error: {exc.msg} (column {exc.colno}): fix the syntax on "
+                        "this line", file=file, line=exc.lineno) from None
+    except _DuplicateKey as exc:
+        raise SpecError(f"duplicate key '{exc.args[0]}': remove one of them", file=file) from None
+    try:
+        located = parse_yaml(text, file)
+    except SpecError:
+        return Source(data, file)
+    return located if located.data == data else Source(data, file)
+
+
+def read(path: str | os.PathLike) -> Source:
+    """A spec file, by its suffix: .yaml/.yml or .json."""
+    path = Path(path)
+    if path.suffix not in SUFFIXES:
+        raise SpecError(f"{path}: not a spec file: use a .yaml, .yml or .json file, or a zoo name "
+                        "(`cnngraph zoo` lists them)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such file: check the path, or use a zoo name "
+                        "(`cnngraph zoo` lists them)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{path}: cannot read the file ({exc})") from None
+    parse = parse_json if path.suffix == ".json" else parse_yaml
+    return parse(text, str(path))
+
+
+def save_spec(spec: dict, path: str | os.PathLike) -> Path:
+    """Writes a spec as YAML or JSON (by the suffix), atomically; returns the path."""
+    path = Path(path)
+    if path.suffix not in SUFFIXES:
+        raise SpecError(f"{path}: cannot tell the format: name the file .yaml, .yml or .json")
+    plain = json.loads(json.dumps(spec))  # tuples become lists, as a file would give them
+    if path.suffix == ".json":
+        text = json.dumps(plain, indent=2) + "\n"
+    else:
+        text = yaml.safe_dump(plain, sort_keys=False, allow_unicode=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return path
+
+
+def layer(name: str, op: str | None = None, **keys: Any) -> dict:
+    """One layer entry: `layer("conv1", "conv2d", out=64, kernel=3)`; a block instance:
+    `layer("stage1", block="basic", args={"out": 64}, repeat=2)`."""
+    return {"name": name, **({"op": op} if op else {}), **keys}
+
+
+class SpecBuilder:
+    """The spec format from Python: each call adds what a YAML key would, and `to_dict()` is the
+    spec (so `cnngraph.load(builder)` and `save_spec(builder.to_dict(), "net.yaml")` agree).
+
+        SpecBuilder("lenet", input=[1, 32, 32]).layer("c1", "conv2d", out=6, kernel=5) \\
+            .layer("act", "tanh").layer("pool", "max_pool2d", kernel=2)
+    """
+
+    def __init__(self, name: str, *, input: list[int] | None = None,
+                 inputs: dict[str, list[int]] | None = None, doc: str | None = None):
+        self.spec: dict[str, Any] = {"name": name}
+        if doc is not None:
+            self.spec["doc"] = doc
+        if input is not None:
+            self.spec["input"] = list(input)
+        if inputs is not None:
+            self.spec["inputs"] = {k: list(v) for k, v in inputs.items()}
+
+    def params(self, **values: Any) -> "SpecBuilder":
+        self.spec.setdefault("params", {}).update(values)
+        return self
+
+    def variant(self, name: str, **values: Any) -> "SpecBuilder":
+        self.spec.setdefault("variants", {})[name] = values
+        return self
+
+    def meta(self, **values: Any) -> "SpecBuilder":
+        self.spec.setdefault("meta", {}).update(values)
+        return self
+
+    def block(self, name: str, layers: list[dict], *, params: dict | None = None,
+              inputs: list[str] | None = None, output: str | None = None) -> "SpecBuilder":
+        """Defines a block; `layers` are `layer(...)` entries (`"required"` marks a parameter
+        without default)."""
+        block: dict[str, Any] = {}
+        if params is not None:
+            block["params"] = dict(params)
+        if inputs is not None:
+            block["inputs"] = list(inputs)
+        block["layers"] = list(layers)
+        if output is not None:
+            block["output"] = output
+        self.spec.setdefault("blocks", {})[name] = block
+        return self
+
+    def layer(self, name: str, op: str | None = None, **keys: Any) -> "SpecBuilder":
+        self.spec.setdefault("layers", []).append(layer(name, op, **keys))
+        return self
+
+    def output(self, name: str, node: str | None = None, *, phase: str = "both",
+               loss_weight: float = 1.0) -> "SpecBuilder":
+        """An output `name` taken from layer `node` (default: the layer called `name`)."""
+        entry: dict[str, Any] = {"name": name}
+        if node is not None:
+            entry["from"] = node
+        if phase != "both":
+            entry["phase"] = phase
+        if loss_weight != 1.0:
+            entry["loss_weight"] = loss_weight
+        self.spec.setdefault("outputs", []).append(entry)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return copy.deepcopy(self.spec)
