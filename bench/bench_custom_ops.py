@@ -1,0 +1,131 @@
+"""Benchmark custom_ops on this machine: deform_conv2d forward and forward+backward against a dense
+conv2d of the same shape and onnxruntime's native DeformConv forward; LRN within vs across
+channels. Prints a Markdown table (median of --repeat runs, milliseconds).
+
+    .venv/bin/python bench/bench_custom_ops.py [--repeat 5] [--threads N]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+import onnxruntime as ort
+import torch
+import torch.nn.functional as F
+from onnx import TensorProto, helper
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import custom_ops  # noqa: E402
+
+# (N, C, M, H, W, kernel): the issue's case and a larger one.
+CASES = [(8, 64, 64, 56, 56, 3), (8, 128, 128, 56, 56, 3)]
+
+
+def timed(fn, repeat: int) -> float:
+    """Median wall time of fn() in ms, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def ort_deform_conv(x, weight, bias, offset, mask, threads: int):
+    """A one-node ONNX model running onnxruntime's native DeformConv (CPU provider)."""
+    names = ["X", "W", "offset", "B", "mask"]
+    arrays = [x, weight, offset, bias, mask]
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, a.shape)
+              for n, a in zip(names, arrays)]
+    node = helper.make_node("DeformConv", names, ["Y"], pads=[1, 1, 1, 1], group=1,
+                            offset_group=1)
+    graph = helper.make_graph([node], "deform", inputs,
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 22)], ir_version=10)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(model.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    feed = dict(zip(names, arrays))
+    return lambda: session.run(None, feed)
+
+
+def deform_rows(repeat: int, threads: int):
+    for n, c, m, h, w, k in CASES:
+        torch.manual_seed(0)
+        x = torch.randn(n, c, h, w)
+        weight = torch.randn(m, c, k, k) * 0.05
+        bias = torch.randn(m)
+        offset = torch.randn(n, 2 * k * k, h, w) * 2
+        mask = torch.rand(n, k * k, h, w)
+        shape = f"N={n} C={c} M={m} {h}×{w} {k}×{k}"
+
+        def fwd():
+            with torch.no_grad():
+                custom_ops.deform_conv2d(x, offset, weight, bias, 1, 1, 1, mask)
+
+        leaves = [t.clone().requires_grad_() for t in (x, offset, weight, bias, mask)]
+
+        def fwd_bwd():
+            xi, oi, wi, bi, mi = leaves
+            custom_ops.deform_conv2d(xi, oi, wi, bi, 1, 1, 1, mi).sum().backward()
+
+        def conv():
+            with torch.no_grad():
+                F.conv2d(x, weight, bias, 1, 1)
+
+        dense = [t.clone().requires_grad_() for t in (x, weight, bias)]
+
+        def conv_bwd():
+            F.conv2d(*dense, 1, 1).sum().backward()
+
+        native = ort_deform_conv(*(t.numpy() for t in (x, weight, bias, offset, mask)), threads)
+        t_fwd, t_fb = timed(fwd, repeat), timed(fwd_bwd, repeat)
+        t_conv, t_conv_fb = timed(conv, repeat), timed(conv_bwd, repeat)
+        t_ort = timed(native, repeat)
+        yield (f"deform_conv2d v2 {shape}", t_fwd, t_fb, t_conv, t_conv_fb, t_ort)
+
+
+def lrn_rows(repeat: int):
+    x = torch.randn(8, 64, 56, 56)
+    for region in ("across_channels", "within_channel"):
+        leaf = x.clone().requires_grad_()
+
+        def fwd():
+            with torch.no_grad():
+                custom_ops.local_response_norm(x, 5, 1e-4, 0.75, 1.0, region)
+
+        def fwd_bwd():
+            custom_ops.local_response_norm(leaf, 5, 1e-4, 0.75, 1.0, region).sum().backward()
+
+        yield region, timed(fwd, repeat), timed(fwd_bwd, repeat)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"{args.threads} threads; torch {torch.__version__}, onnxruntime {ort.__version__}\n")
+    print("| deform_conv2d case | fwd ms | fwd+bwd ms | conv2d fwd ms | conv2d fwd+bwd ms "
+          "| ORT DeformConv fwd ms | fwd / ORT | fwd+bwd / conv2d fwd+bwd |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, t_fwd, t_fb, t_conv, t_conv_fb, t_ort in deform_rows(args.repeat, args.threads):
+        print(f"| {name} | {t_fwd:.1f} | {t_fb:.1f} | {t_conv:.1f} | {t_conv_fb:.1f} "
+              f"| {t_ort:.1f} | {t_fwd / t_ort:.2f}× | {t_fb / t_conv_fb:.2f}× |")
+    print("\n| LRN size 5, N=8 C=64 56×56 | fwd ms | fwd+bwd ms |")
+    print("|---|---|---|")
+    for region, t_fwd, t_fb in lrn_rows(args.repeat):
+        print(f"| {region} | {t_fwd:.1f} | {t_fb:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
