@@ -1,0 +1,73 @@
+"""Every training option, its default, and the check of a resumed run's options."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from ..data.augment import AUGMENTATIONS
+from ..errors import CnnGraphError
+
+DEFAULT_LR = {"adamw": 3e-3, "sgd": 0.05}
+
+
+@dataclass
+class TrainConfig:
+    data: str = "glyphs"
+    epochs: int = 10
+    batch_size: int = 128  # global: split across DDP processes
+    lr: float | None = None  # None: DEFAULT_LR of the optimizer
+    optimizer: str = "adamw"
+    schedule: str = "cosine"  # cosine: linear warm-up then cosine to 0; step: ×0.1 at 50%, 75%
+    warmup_epochs: float = 0.5
+    weight_decay: float = 5e-4
+    momentum: float = 0.9  # sgd only
+    augment: tuple[str, ...] = ()
+    val_fraction: float = 0.1  # for sources without a validation set
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"  # auto: cuda when present
+    amp: bool | None = None  # None: on with CUDA (bf16 where supported, else fp16)
+    compile: bool = False
+    checkpoint_minutes: float = 5.0  # also checkpoint inside an epoch this often
+
+    def __post_init__(self):
+        self.augment = tuple(self.augment)
+        if self.lr is None and self.optimizer in DEFAULT_LR:
+            self.lr = DEFAULT_LR[self.optimizer]
+        checks = [
+            (self.optimizer in DEFAULT_LR, f"--optimizer must be one of {', '.join(DEFAULT_LR)}"),
+            (self.schedule in ("cosine", "step"), "--schedule must be cosine or step"),
+            (self.device in ("auto", "cpu", "cuda"), "--device must be auto, cpu or cuda"),
+            (self.epochs >= 1, "--epochs must be at least 1"),
+            (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (self.lr is None or self.lr > 0, "--lr must be positive"),
+            (0 < self.val_fraction < 1, "--val-fraction must be between 0 and 1"),
+            (set(self.augment) <= set(AUGMENTATIONS),
+             f"--augment takes {', '.join(AUGMENTATIONS)}, got {', '.join(self.augment)}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise CnnGraphError(message)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "augment": list(self.augment)}
+
+
+# Options that may differ when a run is resumed (where and how fast, not what is computed).
+RUNTIME_OPTIONS = {"device", "amp", "compile", "checkpoint_minutes"}
+
+
+def resumed_config(saved: dict, options: dict, run_dir: str) -> TrainConfig:
+    """The saved config; an option given again must agree with it, except RUNTIME_OPTIONS."""
+    config = TrainConfig(**{f.name: saved[f.name] for f in fields(TrainConfig) if f.name in saved})
+    for name, value in options.items():
+        if value is None or name in RUNTIME_OPTIONS:
+            continue
+        old = getattr(config, name)
+        if (tuple(value) if name == "augment" else value) != old:
+            raise CnnGraphError(f"{run_dir}: this run was started with {name}={old!r}, not "
+                                f"{value!r}; drop the option to resume it, or train into a new "
+                                "--out directory")
+    for name in RUNTIME_OPTIONS & options.keys():
+        if options[name] is not None:
+            setattr(config, name, options[name])
+    return config

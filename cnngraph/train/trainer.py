@@ -1,0 +1,490 @@
+"""The training loop: one run directory, resumable at any checkpoint, on CPU, GPU or under
+torchrun (DistributedDataParallel).
+
+Reproducibility: data order comes from DistributedSampler(seed, epoch), and each step reseeds
+torch (dropout) and the augmentation generator from (seed, epoch, step, rank). The random state
+is therefore a function of the position, and a checkpoint that stores the position, weights and
+optimizer/scheduler state resumes exactly where the uninterrupted run would be."""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DistributedSampler
+from tqdm import tqdm
+
+from ..data import Dataset, channel_stats, check, load_data, to_input
+from ..data.augment import augment
+from ..errors import CnnGraphError, DataError
+from ..graph import Graph
+from . import rundir as rd
+from .config import TrainConfig, resumed_config
+from .metrics import combined_loss, correct_topk, main_logits, plot_curves
+
+
+# --- set-up -------------------------------------------------------------------------------
+@dataclass
+class Dist:
+    """This process's place in a torchrun job (world 1 without torchrun)."""
+
+    world: int = 1
+    rank: int = 0
+    local_rank: int = 0
+    owned: bool = False  # we initialised the process group, so we tear it down
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def all_sum(self, values: list[float], device) -> list[float]:
+        if self.world == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def broadcast(self, obj):
+        if self.world == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def _distributed(device: torch.device) -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist()
+    owned = not dist.is_initialized()
+    if owned:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(world, dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), owned)
+
+
+def _device(config: TrainConfig) -> torch.device:
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise CnnGraphError("--device cuda: no CUDA GPU is available here; use --device cpu")
+    use_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+    if not use_cuda:
+        return torch.device("cpu")
+    index = int(os.environ.get("LOCAL_RANK", "0"))
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
+
+
+def _amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    amp = config.amp if config.amp is not None else device.type == "cuda"
+    if not amp:
+        return None
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+def _step_seed(*position: int) -> int:
+    return int(np.random.SeedSequence(list(position)).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _schedule(config: TrainConfig, steps_per_epoch: int):
+    total = config.epochs * steps_per_epoch
+    warmup = min(int(config.warmup_epochs * steps_per_epoch), total // 2)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if config.schedule == "step":
+            return 0.1 ** ((step >= total // 2) + (step >= total * 3 // 4))
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    return factor
+
+
+def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """Weight decay on weight matrices and kernels only, not on biases and norm scales."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": config.weight_decay},
+              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+@contextmanager
+def _stop_requests(flags: dict):
+    """Ctrl-C / SIGTERM set flags["stop"]; the loop saves a checkpoint after the current step
+    and stops. A second Ctrl-C stops at once (the last checkpoint stays valid)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if flags["stop"]:  # asked twice: stop now, without the checkpoint
+            raise KeyboardInterrupt
+        flags["stop"] = True
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+# --- the run ------------------------------------------------------------------------------
+@dataclass
+class _Progress:
+    """Where the run stands; everything in it goes into the checkpoint."""
+
+    epoch: int = 0
+    step: int = 0  # next step inside `epoch`
+    sums: dict = field(default_factory=lambda: {"loss": 0.0, "top1": 0.0, "seen": 0.0,
+                                                "seconds": 0.0})
+    history: list = field(default_factory=list)
+    best: dict = field(default_factory=lambda: {"val_top1": -1.0, "epoch": 0})
+
+
+def _prepare_run_dir(graph: Graph, out, resume: bool, options: dict,
+                     ddp: Dist) -> tuple[Path, TrainConfig, dict | None]:
+    """The run directory and its config; on --resume the saved config and checkpoint."""
+    from .. import load
+
+    if out is None:
+        if resume:
+            raise CnnGraphError("--resume needs --out RUN_DIR: the run directory to continue")
+        stamp = ddp.broadcast(datetime.now().strftime("%Y%m%d-%H%M%S"))
+        out = Path("runs") / f"{graph.name}-{stamp}"
+    run = Path(out)
+    if not resume:
+        if (run / rd.CONFIG).exists():
+            raise CnnGraphError(f"{run} already holds a run; add --resume to continue it, or "
+                                "choose another --out")
+        return run, TrainConfig(**{k: v for k, v in options.items() if v is not None}), None
+    if not (run / rd.CONFIG).exists() or not (run / rd.SPEC).exists():
+        raise CnnGraphError(f"{run}: no run to resume here (no {rd.CONFIG} / {rd.SPEC})")
+    if not _same_network(load(rd.read_spec(run / rd.SPEC)), graph):
+        raise CnnGraphError(f"{run} was trained from another spec than '{graph.name}'; resume "
+                            "it with the spec in its spec.yaml, or train into a new --out")
+    config = resumed_config(rd.read_json(run / rd.CONFIG), options, str(run))
+    state = rd.read_checkpoint(run / rd.CHECKPOINT) if (run / rd.CHECKPOINT).exists() else None
+    return run, config, state
+
+
+def _same_network(a: Graph, b: Graph) -> bool:
+    def signature(g: Graph):
+        return g.name, [(n.name, n.op, n.inputs, n.attrs, n.shape) for n in g]
+
+    return signature(a) == signature(b)
+
+
+def _load_dataset(data, graph: Graph, config: TrainConfig) -> Dataset:
+    num_classes = graph.num_classes
+    if num_classes is None:
+        raise DataError(f"'{graph.name}': its main output is not a vector of class scores, so "
+                        "it cannot be trained as a classifier")
+    dataset = data if isinstance(data, Dataset) else load_data(config.data, graph.input_shape,
+                                                                config.val_fraction)
+    return check(dataset, graph.input_shape, num_classes)
+
+
+def train(spec_or_graph, data: str | Dataset | None = None, *, out: str | Path | None = None,
+          resume: bool = False, progress: bool = True, **options) -> dict:
+    """Train a spec (path, zoo name, dict or Graph) and return the result: best_val_accuracy
+    (a fraction), best_epoch, final_val_accuracy, final_val_top5, epochs, seconds,
+    images_per_second and run_dir. `options` are TrainConfig fields (None = default, or the
+    saved value on resume); `data` is a source name/path or a Dataset."""
+    from .. import build, load
+
+    unknown = set(options) - set(TrainConfig.__dataclass_fields__) - {"data"}
+    if unknown:
+        raise TypeError(f"train() got unknown options: {', '.join(sorted(unknown))}")
+    graph = spec_or_graph if isinstance(spec_or_graph, Graph) else load(spec_or_graph)
+    if data is not None:
+        options["data"] = data.source if isinstance(data, Dataset) else str(data)
+    device = _device(TrainConfig(device=options.get("device") or "auto"))
+    ddp = _distributed(device)
+    try:
+        run, config, state = _prepare_run_dir(graph, out, resume, options, ddp)
+        dataset = _load_dataset(data, graph, config)
+        info = rd.read_json(run / rd.INFO) if resume else _info(graph, dataset)
+        sizes = [len(dataset.y_train), len(dataset.y_val)]
+        if sizes != [info["train_samples"], info["val_samples"]]:
+            raise DataError(f"{run} was trained on {info['data']} ({info['train_samples']} + "
+                            f"{info['val_samples']} samples), not on {dataset.source} "
+                            f"({sizes[0]} + {sizes[1]}); resume with the same data")
+        ddp.barrier()  # every process has checked the run directory before rank 0 writes
+        if ddp.main:
+            _write_run_header(run, graph, config, info, resume)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+                _deterministic(config.deterministic):
+            torch.manual_seed(config.seed)
+            model = build(graph)
+            return _Loop(graph, model, dataset, info, config, run, device, ddp, progress).run(state)
+    finally:
+        if ddp.owned:
+            dist.destroy_process_group()
+
+
+def _info(graph: Graph, dataset: Dataset) -> dict:
+    mean, std = channel_stats(dataset.x_train, dataset.pixel_scale, graph.input_shape)
+    return {"classes": dataset.classes, "normalize": {"mean": mean, "std": std},
+            "pixel_scale": dataset.pixel_scale, "input_shape": list(graph.input_shape),
+            "data": dataset.source, "train_samples": len(dataset.y_train),
+            "val_samples": len(dataset.y_val)}
+
+
+def _write_run_header(run: Path, graph: Graph, config: TrainConfig, info: dict,
+                      resume: bool) -> None:
+    run.mkdir(parents=True, exist_ok=True)
+    for stale in run.glob(".*.tmp"):  # half-written by a killed run: never read, removed
+        stale.unlink()
+    if not resume:
+        rd.write_spec(run / rd.SPEC, graph.spec)
+        rd.write_json(run / rd.INFO, info)
+    rd.write_json(run / rd.CONFIG, {**config.to_dict(), "spec_name": graph.name,
+                                    "torch": torch.__version__})
+
+
+@contextmanager
+def _deterministic(on: bool):
+    """Deterministic kernels for the run (a warning where an op has none); restored after."""
+    before = (torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.benchmark)
+    if on:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = not on  # autotuned conv kernels when speed comes first
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.benchmark = before[2]
+
+
+class _Loop:
+    """One run's model, data, optimizer and schedule; `run` trains it to the configured end."""
+
+    def __init__(self, graph, model, dataset, info, config, run, device, ddp, progress):
+        self.graph, self.config, self.run_dir = graph, config, run
+        self.device, self.ddp = device, ddp
+        self.show = progress and ddp.main
+        self.raw = model.to(device)
+        if device.type == "cuda":
+            self.raw = self.raw.to(memory_format=torch.channels_last)
+        self.model = self.raw
+        if ddp.world > 1:
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                self.raw, device_ids=[device.index] if device.type == "cuda" else None)
+        if config.compile:
+            self.model = torch.compile(self.model)
+        self.train_outputs = graph.active_outputs(True)
+        self.main = graph.active_outputs(False)[0].name
+        self.x_train = torch.from_numpy(dataset.x_train)
+        self.y_train = torch.from_numpy(dataset.y_train)
+        self.x_val, self.y_val = torch.from_numpy(dataset.x_val), torch.from_numpy(dataset.y_val)
+        self.scale, self.input_shape = info["pixel_scale"], graph.input_shape
+        self.mean = torch.tensor(info["normalize"]["mean"]).view(1, -1, 1, 1)
+        self.std = torch.tensor(info["normalize"]["std"]).view(1, -1, 1, 1)
+        self.rank_batch = config.batch_size // ddp.world
+        if self.rank_batch < 1:
+            raise CnnGraphError(f"--batch-size {config.batch_size} is smaller than the "
+                                f"{ddp.world} processes; it is the global batch")
+        self.sampler = DistributedSampler(range(len(self.y_train)), ddp.world, ddp.rank,
+                                          shuffle=True, seed=config.seed, drop_last=True)
+        self.steps = max(1, len(self.sampler) // self.rank_batch)
+        self.optimizer = _optimizer(self.raw, config)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                           _schedule(config, self.steps))
+        self.amp_dtype = _amp_dtype(config, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+
+    # --- batches --------------------------------------------------------------------------
+    def _inputs(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = (to_input(x.float(), self.input_shape) * self.scale - self.mean) / self.std
+        if generator is not None and self.config.augment:
+            x = augment(x, self.config.augment, generator)
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else x
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    # --- checkpoints ----------------------------------------------------------------------
+    def _save(self, p: _Progress) -> None:
+        """Checkpoint at p's position; DDP: train sums are totalled over the processes."""
+        names = ["loss", "top1", "seen"]
+        totals = self.ddp.all_sum([p.sums[k] for k in names], self.device)
+        if not self.ddp.main:
+            return
+        sums = {**p.sums, **dict(zip(names, totals))}
+        rd.write_checkpoint(self.run_dir / rd.CHECKPOINT, {
+            "model": self.raw.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            "epoch": p.epoch, "step": p.step, "world_size": self.ddp.world, "sums": sums,
+            "history": p.history, "best": p.best})
+        rd.write_weights(self.run_dir / rd.LAST, self.raw.state_dict())
+
+    def _restore(self, state: dict) -> _Progress:
+        if state["step"] and state["world_size"] != self.ddp.world:
+            raise CnnGraphError(f"{self.run_dir}: the checkpoint is inside an epoch of a "
+                                f"{state['world_size']}-process run; resume it with "
+                                f"{state['world_size']} processes")
+        self.raw.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        sums = state["sums"] if self.ddp.main else {k: 0.0 for k in state["sums"]}
+        return _Progress(state["epoch"], state["step"], dict(sums), state["history"], state["best"])
+
+    # --- epochs ---------------------------------------------------------------------------
+    def run(self, state: dict | None) -> dict:
+        p = self._restore(state) if state else _Progress()
+        flags = {"stop": False}
+        epochs_bar = tqdm(total=self.config.epochs, initial=p.epoch, desc=self.graph.name,
+                          unit="epoch", disable=not self.show, file=sys.stderr)
+        with _stop_requests(flags):
+            while p.epoch < self.config.epochs:
+                if not self._train_epoch(p, flags):
+                    epochs_bar.close()
+                    self._save(p)
+                    if self.show:
+                        print(f"stopped: checkpoint saved at epoch {p.epoch + 1} step {p.step} "
+                              f"in {self.run_dir}; continue with --resume --out {self.run_dir}",
+                              file=sys.stderr)
+                    raise KeyboardInterrupt
+                self._end_epoch(p)
+                epochs_bar.update(1)
+                epochs_bar.set_postfix(val=f"{p.history[-1]['val_top1']:.2%}",
+                                       best=f"{p.best['val_top1']:.2%}")
+        epochs_bar.close()
+        return self._result(p)
+
+    def _train_epoch(self, p: _Progress, flags: dict) -> bool:
+        """Steps from p.step to the end of the epoch; False when asked to stop."""
+        self.sampler.set_epoch(p.epoch)
+        order = torch.tensor(list(self.sampler))
+        self.model.train()
+        bar = tqdm(total=self.steps, initial=p.step, desc=f"epoch {p.epoch + 1}", unit="batch",
+                   leave=False, disable=not self.show, file=sys.stderr)
+        started, seen_here, last_save = time.monotonic(), 0, time.monotonic()
+        for step in range(p.step, self.steps):
+            idx = order[step * self.rank_batch:(step + 1) * self.rank_batch]
+            seed = _step_seed(self.config.seed, p.epoch, step, self.ddp.rank)
+            torch.manual_seed(seed)
+            x = self._inputs(self.x_train[idx], torch.Generator().manual_seed(seed))
+            y = self.y_train[idx].to(self.device, non_blocking=True)
+            with self._autocast():
+                logits = self.model(x)
+                loss = combined_loss(logits, y, self.train_outputs)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            top1, _ = correct_topk(main_logits(logits, self.main).detach(), y, 1)
+            n = len(y)
+            p.sums["loss"] += float(loss.detach()) * n
+            p.sums["top1"] += top1
+            p.sums["seen"] += n
+            p.step, seen_here = step + 1, seen_here + n
+            elapsed = time.monotonic() - started
+            bar.update(1)
+            if self.show and (step % 10 == 0 or step + 1 == self.steps):
+                bar.set_postfix(loss=f"{p.sums['loss'] / p.sums['seen']:.4f}",
+                                acc=f"{p.sums['top1'] / p.sums['seen']:.2%}",
+                                img_s=f"{seen_here * self.ddp.world / max(elapsed, 1e-9):.0f}")
+            due = time.monotonic() - last_save > self.config.checkpoint_minutes * 60
+            stop, save = self._agree(flags["stop"], due)
+            if stop:
+                p.sums["seconds"] += time.monotonic() - started
+                bar.close()
+                return False
+            if save and p.step < self.steps:
+                self._save(p)
+                last_save = time.monotonic()
+        p.sums["seconds"] += time.monotonic() - started
+        bar.close()
+        return True
+
+    def _agree(self, stop: bool, due: bool) -> tuple[bool, bool]:
+        """All processes stop / checkpoint at the same step (rank 0's clock decides saves)."""
+        if self.ddp.world == 1:
+            return stop, due
+        flags = torch.tensor([float(stop), float(due and self.ddp.main)], device=self.device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        return bool(flags[0]), bool(flags[1])
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float, float, float]:
+        """Validation loss, top-1 and top-5 of the main output (DDP: shards, then totals)."""
+        self.raw.eval()
+        loss = top1 = top5 = 0.0
+        shard = torch.arange(self.ddp.rank, len(self.y_val), self.ddp.world)
+        batch = max(256, 2 * self.config.batch_size)
+        for start in range(0, len(shard), batch):
+            idx = shard[start:start + batch]
+            x, y = self._inputs(self.x_val[idx]), self.y_val[idx].to(self.device)
+            with self._autocast():
+                logits = main_logits(self.raw(x), self.main).float()
+            loss += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
+            hits1, hits5 = correct_topk(logits, y, 5)
+            top1, top5 = top1 + hits1, top5 + hits5
+        loss, top1, top5 = self.ddp.all_sum([loss, top1, top5], self.device)
+        n = len(self.y_val)
+        return loss / n, top1 / n, top5 / n
+
+    def _end_epoch(self, p: _Progress) -> None:
+        started = time.monotonic()
+        val_loss, val_top1, val_top5 = self.evaluate()
+        loss, top1, seen = self.ddp.all_sum([p.sums[k] for k in ("loss", "top1", "seen")],
+                                            self.device)
+        train_seconds = p.sums["seconds"]
+        row = {"epoch": p.epoch + 1, "train_loss": loss / seen, "train_top1": top1 / seen,
+               "val_loss": val_loss, "val_top1": val_top1, "val_top5": val_top5,
+               "lr": self.optimizer.param_groups[0]["lr"],
+               "images_per_second": seen / max(train_seconds, 1e-9),
+               "seconds": train_seconds + time.monotonic() - started}
+        p.history.append(row)
+        improved = val_top1 > p.best["val_top1"]
+        if improved:
+            p.best = {"val_top1": val_top1, "epoch": p.epoch + 1}
+        p.epoch, p.step = p.epoch + 1, 0
+        p.sums = {k: 0.0 for k in p.sums}
+        if self.ddp.main:
+            if improved:
+                rd.write_weights(self.run_dir / rd.BEST, self.raw.state_dict())
+        self._save(p)
+        if not self.ddp.main:
+            return
+        rd.write_metrics(self.run_dir / rd.METRICS, p.history)
+        rd.atomic_write(self.run_dir / rd.CURVES, plot_curves(p.history, self.graph.name))
+        if self.show:
+            tqdm.write(f"epoch {row['epoch']}/{self.config.epochs}: train loss "
+                       f"{row['train_loss']:.4f} top-1 {row['train_top1']:.2%} | val loss "
+                       f"{val_loss:.4f} top-1 {val_top1:.2%} top-5 {val_top5:.2%} | "
+                       f"{row['images_per_second']:.0f} img/s, {row['seconds']:.1f} s",
+                       file=sys.stderr)
+
+    def _result(self, p: _Progress) -> dict:
+        last = p.history[-1]
+        return {"run_dir": str(self.run_dir), "best_val_accuracy": p.best["val_top1"],
+                "best_epoch": p.best["epoch"], "final_val_accuracy": last["val_top1"],
+                "final_val_top5": last["val_top5"], "epochs": len(p.history),
+                "seconds": sum(row["seconds"] for row in p.history),
+                "images_per_second": last["images_per_second"]}
