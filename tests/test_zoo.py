@@ -1,0 +1,173 @@
+"""Every zoo model against independent numbers: the published parameter counts (torchvision with
+weights=None, Caffe's bvlc_alexnet, the LeNet-5 paper), hand counts for the small glyph nets,
+torchvision's published GFLOPS (which count multiply-accumulates) and hand-computed receptive
+fields. The built module is checked against the IR: parameter count and output shapes."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import cnngraph
+from cnngraph import zoo
+
+# Inference-mode parameter counts (auxiliary heads excluded).
+PARAMS = {
+    "lenet5": 60_850,
+    "alexnet": 60_965_224,
+    "alexnet_tv": 61_100_840,
+    "vgg11": 132_863_336,
+    "vgg11_bn": 132_868_840,
+    "vgg13": 133_047_848,
+    "vgg13_bn": 133_053_736,
+    "vgg16": 138_357_544,
+    "vgg16_bn": 138_365_992,
+    "vgg19": 143_667_240,
+    "vgg19_bn": 143_678_248,
+    "googlenet": 6_624_904,
+    "inception_v3": 23_834_568,
+    "resnet18": 11_689_512,
+    "resnet34": 21_797_672,
+    "resnet50": 25_557_032,
+    "resnet101": 44_549_160,
+    "resnet152": 60_192_808,
+    "densenet121": 7_978_856,
+    "densenet161": 28_681_000,
+    "densenet169": 14_149_480,
+    "densenet201": 20_013_928,
+    # The glyph nets, counted by hand (conv: out*in*k*k [+ out bias]; BN: 2*C; linear: in*out+out;
+    # deformable: its conv + an offset conv with 2*k*k (v1) or 3*k*k (v2, with mask) outputs
+    # and bias; gated: two convs).
+    "dcn_net": (1 * 32 * 9 + 64) + (32 * 64 * 9 + 128)
+    + (64 * 64 * 9 + (64 * 18 * 9 + 18) + 128)
+    + (64 * 64 * 9 + (64 * 27 * 9 + 27) + 128)
+    + (64 * 10 + 10),                                                     # 119,511
+    "dcn_net_plain": (1 * 32 * 9 + 64) + (32 * 64 * 9 + 128)
+    + 2 * (64 * 64 * 9 + 128) + (64 * 10 + 10),                           # 93,546
+    "lrn_within_net": (1 * 32 * 25 + 32) + (32 * 32 * 25 + 32) + (32 * 64 * 25 + 64)
+    + (64 * 4 * 4 * 10 + 10),                                             # 87,978
+    "encoder_decoder": (1 * 16 * 9 + 32) + (16 * 32 * 9 + 64) + (32 * 64 * 9 + 128)
+    + 2 * (64 * 64 * 9 + 128)                                             # dilated context
+    + (64 * 32 * 4 * 4 + 64)                                              # transposed conv + BN
+    + 2 * (64 * 32 * 9 + 32)                                              # gated conv
+    + (32 * 16 * 9 + 32)                                                  # resize-then-conv
+    + 2 * (32 * 16 * 9 + 16)                                              # gated conv
+    + (16 * 10 + 10),                                                     # 181,210
+}
+
+# Training-mode counts where auxiliary heads add parameters.
+TRAIN_PARAMS = {"googlenet": 13_004_888, "inception_v3": 27_161_264}
+
+# torchvision's published GFLOPS (multiply-accumulates) of the inference model.
+GMACS = {"alexnet_tv": 0.71, "resnet18": 1.81, "resnet50": 4.09, "vgg16": 15.47,
+         "googlenet": 1.50, "densenet121": 2.83, "inception_v3": 5.71}
+
+# Output name -> (shape without batch, phase, loss weight) of the multi-output nets.
+HEADS = {
+    "googlenet": {"main": ((1000,), "both", 1.0), "aux1": ((1000,), "train", 0.3),
+                  "aux2": ((1000,), "train", 0.3)},
+    "inception_v3": {"main": ((1000,), "both", 1.0), "aux": ((1000,), "train", 0.4)},
+}
+
+
+def test_zoo_lists_exactly_these_models():
+    assert sorted(zoo.names()) == sorted(PARAMS)
+
+
+def inference_macs(graph) -> int:
+    live = graph.ancestors([o.node for o in graph.active_outputs(False)])
+    return sum(graph[n].stats.get("macs", 0) for n in live)
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_params_match_published_counts(name):
+    graph = cnngraph.load(name)
+    assert graph.params_for(False) == PARAMS[name]
+    assert graph.params == TRAIN_PARAMS.get(name, PARAMS[name])
+    assert all(node.shape is not None and node.shape[0] == "N" for node in graph)
+
+
+@pytest.mark.parametrize("name", sorted(GMACS))
+def test_macs_match_torchvision_gflops(name):
+    assert inference_macs(cnngraph.load(name)) / 1e9 == pytest.approx(GMACS[name], rel=0.02)
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_auxiliary_heads_are_training_outputs(name):
+    graph = cnngraph.load(name)
+    heads = {o.name: (graph[o.node].shape[1:], o.phase, o.loss_weight) for o in graph.outputs}
+    assert heads == HEADS[name]
+    assert [o.name for o in graph.active_outputs(False)] == ["main"]
+
+
+def test_lenet5_parts_and_receptive_field():
+    graph = cnngraph.load("lenet5")
+    counts = {n.name: n.stats["params"] for n in graph if n.stats.get("params")}
+    assert counts == {"c1": 156, "s2": 12, "c3": 1_516, "s4": 32, "c5": 48_120, "f6": 10_164,
+                      "output": 850}
+    assert sum(v for k, v in counts.items() if k != "output") == 60_000
+    # c1 5 -> s2 (2/2) 6, jump 2 -> c3 6+4*2 = 14 -> s4 16, jump 4 -> c5 16+4*4 = 32
+    assert graph["c5"].stats["receptive_field"] == (32, 32)
+    assert graph["c5"].stats["jump"] == (4, 4)
+
+
+def test_alexnet_receptive_field():
+    graph = cnngraph.load("alexnet")
+    # conv1 11 (jump 4) -> pool1 11+2*4 = 19 (8) -> conv2 19+4*8 = 51 -> pool2 51+2*8 = 67 (16)
+    # -> conv3/4/5 +2*16 each = 163 -> pool5 163+2*16 = 195 (32)
+    expected = {"conv1": 11, "pool1": 19, "conv2": 51, "pool2": 67, "conv5": 163, "pool5": 195}
+    assert {n: graph[n].stats["receptive_field"][0] for n in expected} == expected
+    assert graph["pool5"].stats["jump"] == (32, 32)
+    assert graph["pool5"].shape == ("N", 256, 6, 6)
+
+
+def test_encoder_decoder_keeps_per_pixel_scores():
+    graph = cnngraph.load("encoder_decoder")
+    assert graph["scores"].shape == ("N", 10, 32, 32)
+    assert graph.num_classes == 10
+
+
+def forward_shapes(module, graph, batch: int, training: bool, x: torch.Tensor):
+    """The tensors the module returns, by output name, and the shapes the IR inferred for them."""
+    module.train(training)
+    with torch.no_grad():
+        y = module(x)
+    outputs = graph.active_outputs(training)
+    got = {o.name: y[o.name] for o in outputs} if len(outputs) > 1 else {outputs[0].name: y}
+    inferred = {o.name: (batch, *graph[o.node].shape[1:]) for o in outputs}
+    return got, inferred
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_built_module_matches_the_ir(name):
+    """The module's parameters and the output shapes of its forward code in both modes. On the
+    meta device: the same modules and code, without allocating and initialising up to 144M
+    weights (about 2 s per VGG); real arithmetic is checked below."""
+    graph = cnngraph.load(name)
+    with torch.device("meta"):
+        module = cnngraph.build(graph)
+        assert sum(p.numel() for p in module.parameters()) == graph.params
+        for training in (True, False):
+            got, inferred = forward_shapes(module, graph, 2, training,
+                                           torch.empty(2, *graph.input_shape))
+            assert {k: tuple(v.shape) for k, v in got.items()} == inferred
+
+
+# Real weights and arithmetic: the small nets (every special layer) and one or two of each
+# ImageNet family's design (LRN and groups, residual, dense, Inception with auxiliary heads).
+REAL = ["lenet5", "dcn_net", "dcn_net_plain", "lrn_within_net", "encoder_decoder", "alexnet",
+        "resnet18", "densenet121", "googlenet", "inception_v3"]
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_forward_with_real_weights(name):
+    graph = cnngraph.load(name)
+    torch.manual_seed(0)
+    module = cnngraph.build(graph)
+    training = name in HEADS  # training mode runs every head
+    # Batch norm in training needs two samples where a head reduces to 1x1 (Inception v3's
+    # auxiliary 5x5 conv).
+    batch = 2 if training else 1
+    got, inferred = forward_shapes(module, graph, batch, training,
+                                   torch.randn(batch, *graph.input_shape))
+    assert {k: tuple(v.shape) for k, v in got.items()} == inferred
+    assert all(torch.isfinite(v).all() for v in got.values())
