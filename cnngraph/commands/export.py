@@ -1,0 +1,91 @@
+"""`cnngraph export SOURCE -o model.onnx`: a spec, zoo name or training run to ONNX."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from ..errors import ExportError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("export", help="write a network and its weights as ONNX",
+                              description=__doc__)
+    p.add_argument("source", metavar="SPEC_OR_NAME_OR_RUN_DIR",
+                   help="a spec file, a zoo name, or a training run directory (its best weights)")
+    p.add_argument("-o", "--output", required=True, type=Path, help="the .onnx file to write")
+    add_weight_options(p)
+    p.add_argument("--opset", type=int, help="ONNX opset (default: the newest onnxruntime runs)")
+    p.add_argument("--fp16", action="store_true", help="float16 weights and compute (I/O float32)")
+    p.add_argument("--static-batch", type=int, metavar="N", help="fix the batch size to N")
+    p.add_argument("--keep-aux", action="store_true", help="keep training-only outputs (aux heads)")
+    p.add_argument("--deform-body", choices=["native", "legacy"], default="native",
+                   help="body of cnngraph.DeformConv: the standard DeformConv, or GridSample+"
+                        "MatMul for runtimes without it (slower)")
+    p.set_defaults(func=run)
+
+
+def add_weight_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", type=Path, help="a .safetensors file or a torch state_dict file "
+                   "(default: the run's best weights, or a seeded random initialisation)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
+
+
+def run(args) -> int:
+    from exporters import export_onnx
+
+    if args.static_batch is not None and args.static_batch < 1:
+        raise ExportError(f"--static-batch must be at least 1, got {args.static_batch}")
+    graph, module = resolve(args.source, args.weights, args.seed)
+    model = export_onnx(graph, module, args.output, opset=args.opset,
+                        dynamic_batch=args.static_batch is None, batch_size=args.static_batch or 1,
+                        fp16=args.fp16, keep_aux=args.keep_aux, deform_body=args.deform_body)
+    size = args.output.stat().st_size / 1e6
+    print(f"wrote {args.output} ({size:.1f} MB, opset {model.opset_import[0].version}, "
+          f"{len(model.graph.node)} nodes)")
+    return 0
+
+
+def resolve(source: str, weights: Path | None, seed: int):
+    """(graph, module) for a source: a run directory gives its spec and best weights; else the
+    spec (file or zoo name) with `weights`, or a random initialisation seeded by `seed`."""
+    import cnngraph
+
+    run_dir = Path(source)
+    if run_dir.is_dir():
+        from ..train.rundir import load_run
+
+        graph, state, _ = load_run(run_dir)
+    else:
+        graph, state = cnngraph.load(source), None
+    if weights:
+        state = read_weights(weights)
+    torch.manual_seed(seed)
+    module = cnngraph.build(graph).eval()
+    if state is not None:
+        from exporters.ir_export import check_weights, state_arrays
+
+        check_weights(graph, state_arrays(state), built=module)
+        module.load_state_dict(state, strict=False)  # checked above; BN step counters optional
+    return graph, module
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A state_dict from safetensors or a torch file (loaded with weights_only: no code runs)."""
+    if not path.is_file():
+        raise ExportError(f"{path}: no such weights file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a corrupt or foreign file: say which and why, in one line
+        raise ExportError(f"{path}: cannot read weights ({exc.__class__.__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ExportError(f"{path}: expected a state_dict (names -> tensors), as "
+                          "`cnngraph train` writes (best.safetensors)")
+    return state

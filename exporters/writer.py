@@ -1,0 +1,45 @@
+"""Writing a model file atomically, with external data when the protobuf limit is near."""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import onnx
+from onnx import helper
+
+# a protobuf message cannot reach 2 GiB; keep a margin for the graph itself
+EXTERNAL_DATA_THRESHOLD = 2 * 1024 ** 3 - 64 * 1024 ** 2
+
+
+def weight_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of the initializers, from their shapes (reading raw_data would copy it)."""
+    return sum(math.prod(t.dims) * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+               for t in model.graph.initializer)
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
+    """Write `model` to `path` so that a failure leaves nothing half written.
+
+    Everything is written into a temporary folder beside `path`, then renamed into place. Over
+    2 GB of weights go to `<name>.data` beside the model (external data), renamed first.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        if weight_bytes(model) > EXTERNAL_DATA_THRESHOLD:
+            copy = onnx.ModelProto()
+            copy.CopyFrom(model)  # saving with external data rewrites the tensors it saves
+            data_name = path.name + ".data"
+            onnx.save_model(copy, staging / path.name, save_as_external_data=True,
+                            all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
+            os.replace(staging / data_name, path.with_name(data_name))
+        else:
+            onnx.save_model(model, staging / path.name)
+        os.replace(staging / path.name, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path

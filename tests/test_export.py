@@ -1,0 +1,266 @@
+"""The IR exporter against independent references: each zoo model's own PyTorch module run by
+PyTorch, onnx's checker and shape inference, onnxruntime's kernels; plus the torch.onnx path,
+fp16, metadata, weight errors, opset errors, atomic writes and the export/verify commands.
+
+One export per zoo model serves every check on it (the file is written once, then checked and
+run at batch 1 and 3)."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+import cnngraph
+from cnngraph import zoo
+from cnngraph.cli import main as cli
+from cnngraph.errors import ExportError
+from exporters import DOMAIN, export_onnx, torch_onnx_export
+
+ZOO = zoo.names()
+TOLERANCE = 1e-4  # max |onnx - torch| / max |torch|, as `cnngraph verify`
+
+
+def randomize_batch_norm(module: torch.nn.Module, seed: int = 0) -> None:
+    """Non-trivial running statistics and affine terms, so folding them is really tested."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            c = m.num_features
+            m.running_mean.copy_(torch.rand(c, generator=gen) - 0.5)
+            m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.rand(c, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.rand(c, generator=gen) - 0.5)
+
+
+def build(name_or_spec, seed: int = 0, input_shape=None):
+    graph = cnngraph.load(name_or_spec, input_shape=input_shape)
+    torch.manual_seed(seed)
+    module = cnngraph.build(graph).eval()
+    randomize_batch_norm(module, seed)
+    for m in module.modules():  # deformable layers start with zero offsets: make them move
+        if hasattr(m, "offset_conv"):
+            torch.nn.init.normal_(m.offset_conv.weight, 0.0, 0.05)
+            torch.nn.init.normal_(m.offset_conv.bias, 0.0, 0.5)
+    return graph, module
+
+
+def run_onnx(path, x: np.ndarray) -> dict[str, np.ndarray]:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, {session.get_inputs()[0].name: x})))
+
+
+def run_torch(module, x: np.ndarray) -> dict[str, np.ndarray]:
+    with torch.no_grad():
+        out = module(torch.from_numpy(x))
+    return {k: v.numpy() for k, v in out.items()} if isinstance(out, dict) else {"": out.numpy()}
+
+
+def relative_error(got: np.ndarray, ref: np.ndarray) -> float:
+    assert got.shape == ref.shape, (got.shape, ref.shape)
+    return float(np.max(np.abs(got - ref)) / max(np.max(np.abs(ref)), 1e-12))
+
+
+def assert_matches(got: dict, ref: dict, tolerance: float = TOLERANCE, rows=slice(None)) -> None:
+    ref = list(ref.values()) if "" in ref else [ref[k] for k in got]
+    for (name, value), expected in zip(got.items(), ref):
+        assert relative_error(value, expected[rows]) <= tolerance, name
+
+
+def zoo_input_shape(name: str):
+    """The input the zoo test uses: the spec's, except for nets over 2 GMACs (VGG, the deeper
+    ResNets and DenseNets), which run at 64 pixels -- the same layers and weights for a twelfth
+    of the arithmetic, so the whole zoo fits the test budget. Inception v3 keeps its 299: its
+    auxiliary head (checked at load) needs it."""
+    graph = cnngraph.load(name)
+    if graph.macs <= 2e9 or name == "inception_v3":
+        return None
+    return [graph.input_shape[0], 64, 64]
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_zoo_model_exports_checks_and_matches_torch(name, tmp_path):
+    graph, module = build(name, input_shape=zoo_input_shape(name))
+    path = tmp_path / f"{name}.onnx"
+    export_onnx(graph, module, path)
+    del module.graph  # keep memory low for the big nets: only the weights are needed now
+
+    onnx.checker.check_model(str(path), full_check=True)  # includes strict shape inference
+    model = onnx.load(str(path), load_external_data=False)
+    producers = {out: node for node in model.graph.node for out in node.output}
+    ops = [node.op_type for node in model.graph.node]
+    assert "Dropout" not in ops and "Identity" not in ops
+    for node in model.graph.node:
+        if node.op_type == "BatchNormalization":
+            assert producers.get(node.input[0]) is None or producers[node.input[0]].op_type != "Conv"
+    custom = {node.op_type for node in model.graph.node if node.domain == DOMAIN}
+    assert custom <= {f.name for f in model.functions if f.domain == DOMAIN}
+    assert ("dcn" not in name or "plain" in name) or "DeformConv" in custom
+    assert "lrn_within" not in name or "LRNWithinChannel" in custom
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch
+
+    x = np.random.default_rng(0).standard_normal((3, *graph.input_shape), dtype=np.float32)
+    expected = run_torch(module, x)
+    assert_matches(run_onnx(path, x), expected)
+    assert_matches(run_onnx(path, x[:1]), expected, rows=slice(0, 1))
+
+
+CUSTOM_NET = {
+    "name": "custom_net", "input": [3, 20, 20],
+    "layers": [
+        {"name": "conv", "op": "conv2d", "out": 8, "kernel": 3, "padding": 1},
+        {"name": "dcn1", "op": "deform_conv2d", "out": 8, "kernel": 3, "padding": 1},
+        {"name": "within", "op": "lrn", "region": "within_channel", "size": 5, "alpha": 0.5},
+        {"name": "dcn2", "op": "deform_conv2d", "out": 12, "kernel": 3, "padding": 2,
+         "dilation": 2, "stride": 2, "modulated": True, "groups": 2, "offset_groups": 2},
+        {"name": "across", "op": "lrn", "size": 3, "alpha": 0.1, "k": 2.0},
+        {"name": "pool", "op": "global_avg_pool2d"},
+        {"name": "flat", "op": "flatten"},
+        {"name": "fc", "op": "linear", "out": 5},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def custom_net():
+    return build(CUSTOM_NET, seed=1)
+
+
+def test_torch_onnx_path_gives_the_ir_exports_nodes_and_outputs(custom_net, tmp_path):
+    graph, module = custom_net
+    x = np.random.default_rng(1).standard_normal((2, 3, 20, 20), dtype=np.float32)
+    export_onnx(graph, module, tmp_path / "ir.onnx")
+    torch_onnx_export(module, (torch.from_numpy(x),), tmp_path / "dynamo.onnx")
+    dynamo = onnx.load(str(tmp_path / "dynamo.onnx"))
+    onnx.checker.check_model(dynamo, full_check=True)
+    assert sorted(n.op_type for n in dynamo.graph.node if n.domain == DOMAIN) == \
+        ["DeformConv", "DeformConv", "LRNWithinChannel"]
+    assert {f.name for f in dynamo.functions} == {"DeformConv", "LRNWithinChannel"}
+    assert "LRN" in [n.op_type for n in dynamo.graph.node]
+
+    ir_out = list(run_onnx(tmp_path / "ir.onnx", x).values())[0]
+    dynamo_out = list(run_onnx(tmp_path / "dynamo.onnx", x).values())[0]
+    assert relative_error(dynamo_out, ir_out) <= TOLERANCE
+    assert relative_error(ir_out, run_torch(module, x)[""]) <= TOLERANCE
+
+
+def test_legacy_deform_body_matches_torch(custom_net, tmp_path):
+    graph, module = custom_net
+    export_onnx(graph, module, tmp_path / "legacy.onnx", deform_body="legacy")
+    model = onnx.load(str(tmp_path / "legacy.onnx"))
+    body = next(f for f in model.functions if f.name == "DeformConv")
+    assert "DeformConv" not in {n.op_type for n in body.node}
+    x = np.random.default_rng(2).standard_normal((2, 3, 20, 20), dtype=np.float32)
+    assert_matches(run_onnx(tmp_path / "legacy.onnx", x), run_torch(module, x))
+
+
+@pytest.mark.parametrize("name", ["lenet5", "dcn_net"])
+def test_fp16_export_stays_within_its_tolerance(name, tmp_path):
+    graph, module = build(name)
+    export_onnx(graph, module, tmp_path / "half.onnx", fp16=True)
+    model = onnx.load(str(tmp_path / "half.onnx"))
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+    x = np.random.default_rng(3).standard_normal((3, *graph.input_shape), dtype=np.float32)
+    assert_matches(run_onnx(tmp_path / "half.onnx", x), run_torch(module, x), tolerance=1e-2)
+
+
+def test_metadata_records_spec_and_preprocessing(tmp_path):
+    graph, module = build("lenet5")
+    export_onnx(graph, module, tmp_path / "m.onnx", dynamic_batch=False, batch_size=4)
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    props = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(props["cnngraph.spec"])["name"] == "lenet5"
+    assert cnngraph.load(json.loads(props["cnngraph.spec"])).params == graph.params
+    assert json.loads(props["cnngraph.input_shape"]) == [1, 32, 32]
+    assert props["cnngraph.input_layout"] == "NCHW"
+    assert json.loads(props["cnngraph.classes"]) == [str(i) for i in range(10)]
+    assert props["cnngraph.version"]
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 4
+
+    graph, module = build("resnet18")
+    export_onnx(graph, module, tmp_path / "r.onnx")
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "r.onnx")).metadata_props}
+    assert json.loads(props["cnngraph.normalize"]) == {"mean": [0.485, 0.456, 0.406],
+                                                       "std": [0.229, 0.224, 0.225]}
+
+
+def test_bad_weights_give_one_error_listing_every_difference(tmp_path):
+    graph, module = build("lenet5")
+    state = dict(module.state_dict())
+    del state["c1.weight"]
+    state["c5.bias"] = torch.zeros(7)
+    state["nonsense.weight"] = torch.zeros(1)
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(b"previous export")
+    with pytest.raises(ExportError) as err:
+        export_onnx(graph, state, path)
+    message = str(err.value)
+    assert "missing: c1.weight" in message and "unexpected: nonsense.weight" in message
+    assert "c5.bias (7,) (expected (120,))" in message
+    assert path.read_bytes() == b"previous export" and os.listdir(tmp_path) == ["bad.onnx"]
+
+
+def test_an_opset_too_old_names_the_layer_and_the_opset(custom_net, tmp_path):
+    graph, module = custom_net
+    with pytest.raises(ExportError, match=r"layer 'dcn1'.*opset 19"):
+        export_onnx(graph, module, tmp_path / "old.onnx", opset=18)
+
+
+def test_export_and_verify_commands(tmp_path, capsys):
+    path = tmp_path / "lenet5.onnx"
+    assert cli(["export", "lenet5", "-o", str(path), "--seed", "3"]) == 0
+    assert cli(["verify", str(path), "--against", "lenet5", "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "batch 1" in out and "batch 3" in out and "PASS" in out
+    assert cli(["verify", str(path), "--against", "lenet5", "--seed", "4"]) == 1  # other weights
+    assert cli(["export", "lenet5", "-o", str(path), "--weights", str(tmp_path / "none.pt")]) == 2
+
+
+def test_big_models_use_external_data(tmp_path, monkeypatch):
+    from exporters import writer
+
+    monkeypatch.setattr(writer, "EXTERNAL_DATA_THRESHOLD", 100_000)  # lenet5 holds 240 kB
+    graph, module = build("lenet5")
+    path = tmp_path / "big.onnx"
+    export_onnx(graph, module, path)
+    assert sorted(os.listdir(tmp_path)) == ["big.onnx", "big.onnx.data"]
+    assert path.stat().st_size < 100_000
+    x = np.random.default_rng(4).standard_normal((2, 1, 32, 32), dtype=np.float32)
+    assert_matches(run_onnx(path, x), run_torch(module, x))
+
+
+def test_export_from_a_training_run_directory(tmp_path):
+    from cnngraph.train import rundir
+
+    graph, module = build("lenet5", seed=5)
+    run = tmp_path / "run"
+    run.mkdir()
+    rundir.write_spec(run / rundir.SPEC, graph.spec)
+    normalize = {"mean": [0.25], "std": [0.5]}
+    rundir.write_json(run / rundir.INFO, {"classes": list("abcdefghij"), "normalize": normalize})
+    rundir.write_weights(run / rundir.BEST, module.state_dict())
+    path = tmp_path / "run.onnx"
+    assert cli(["export", str(run), "-o", str(path)]) == 0
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert json.loads(props["cnngraph.normalize"]) == normalize
+    assert json.loads(props["cnngraph.classes"]) == list("abcdefghij")
+    x = np.random.default_rng(5).standard_normal((2, 1, 32, 32), dtype=np.float32)
+    assert_matches(run_onnx(path, x), run_torch(module, x))  # the run's weights, not a seed's
+    assert cli(["verify", str(path), "--against", str(run)]) == 0
+
+
+def test_keep_aux_exports_the_auxiliary_heads(tmp_path):
+    graph, module = build("googlenet")
+    path = tmp_path / "aux.onnx"
+    export_onnx(graph, module, path, keep_aux=True)
+    x = np.random.default_rng(6).standard_normal((1, 3, 224, 224), dtype=np.float32)
+    got = run_onnx(path, x)
+    assert list(got) == ["main", "aux1", "aux2"]
+    with torch.no_grad():  # every head, with inference-mode batch norm and dropout
+        expected = {k: v.numpy() for k, v in module.forward_train(torch.from_numpy(x)).items()}
+    assert_matches(got, expected)
