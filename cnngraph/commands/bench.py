@@ -1,0 +1,94 @@
+"""`cnngraph bench SPEC_OR_NAME_OR_MODEL`: PyTorch eager (and torch.compile) against onnxruntime
+on the same weights and inputs, in one process: p50/p90 latency, throughput, speed-up, parity.
+
+A spec, zoo name or run folder is built (with its run's weights, --weights, or seeded random
+weights) and exported to a temporary folder; an exported .onnx is timed on onnxruntime alone,
+or against PyTorch when --weights gives its weights (the spec comes from its cnngraph.spec
+metadata).
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from ..errors import InputError
+from ..runtime.benchmark import compare, table
+from ..runtime.session import CUDA, resolve_device
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="time PyTorch against onnxruntime on one model",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("model", help="a spec file, a zoo name, a training run folder, or an exported .onnx")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--batch-sizes", default="1,8,64", help="comma-separated (default 1,8,64)")
+    p.add_argument("--fp16", action="store_true", help="float16 on both sides (CUDA only)")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile")
+    p.add_argument("--cuda-graph", action="store_true", help="onnxruntime with CUDA graphs")
+    p.add_argument("--weights", type=Path, help="weights (.safetensors or torch state_dict file); "
+                   "default: a run's best weights, or a seeded random initialisation")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation and inputs")
+    p.add_argument("--seconds", type=float, default=3.0, help="time budget per measurement")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=run)
+
+
+def batch_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise InputError(f"--batch-sizes must be positive integers separated by commas, not {text!r}")
+    return sizes
+
+
+def module_for_onnx(model: Path, weights: Path):
+    """The PyTorch module of an exported model: its cnngraph.spec metadata, these weights."""
+    import onnx
+
+    import cnngraph
+    from .export import read_weights
+    props = {p.key: p.value for p in onnx.load(str(model), load_external_data=False).metadata_props}
+    if "cnngraph.spec" not in props:
+        raise InputError(f"{model}: has no cnngraph.spec metadata, so PyTorch cannot rebuild it; "
+                         "bench it without --weights (onnxruntime only)")
+    if not weights.is_file():
+        raise InputError(f"{weights}: no such weights file")
+    module = cnngraph.build(cnngraph.load(json.loads(props["cnngraph.spec"])))
+    module.load_state_dict(read_weights(weights), strict=False)
+    return module.eval()
+
+
+def run(args) -> int:
+    import torch
+    sizes = batch_sizes(args.batch_sizes)
+    device = "cuda" if resolve_device(args.device) == CUDA else "cpu"
+    options = dict(device=device, fp16=args.fp16, compile=args.compile,
+                   cuda_graph=args.cuda_graph, seed=args.seed, budget_s=args.seconds)
+    source = Path(args.model)
+    if source.suffix == ".onnx":
+        if not source.is_file():
+            raise InputError(f"{source}: no such model file")
+        module = module_for_onnx(source, args.weights) if args.weights else None
+        rows = compare(module, source, sizes, **options)
+        name = source.name
+    else:
+        from exporters import export_onnx
+
+        from .export import resolve
+        graph, module = resolve(args.model, args.weights, args.seed)
+        with tempfile.TemporaryDirectory(prefix="cnngraph-bench-") as folder:
+            path = Path(folder) / f"{graph.name}.onnx"
+            export_onnx(graph, module, path)
+            rows = compare(module, path, sizes, **options)
+        name = graph.name
+    if args.json:
+        print(json.dumps({"model": name, "device": device, "fp16": args.fp16,
+                          "torch_threads": torch.get_num_threads(),
+                          "results": [r.as_dict() for r in rows]}, indent=1))
+    else:
+        print(f"{name} on {device} (fp16={args.fp16}, torch threads {torch.get_num_threads()})")
+        print(table(rows))
+    return 0

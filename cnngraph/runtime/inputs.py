@@ -1,0 +1,154 @@
+"""What a model expects, read from the metadata the exporter stores in it, and the loading of
+user files (images, .npy, .npz) into batches that fit it.
+
+Image rule (the same as training's image-folder reader, cnngraph/data/readers.py): Pillow
+decodes the file, converts it to "L" (1 channel) or "RGB" (3 channels), resizes it bilinearly to
+H x W when its size differs, scales the pixels to [0, 1] and normalises them with the model's
+`cnngraph.normalize` mean and std. Arrays: uint8 arrays are pixels and get the same scaling and
+normalisation; float arrays are taken as ready model inputs. Both are (C, H, W) or (N, C, H, W).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """The `cnngraph.*` metadata of an exported model (all optional for foreign models)."""
+    input_shape: tuple[int, ...] | None = None      # C, H, W
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    classes: tuple[str, ...] | None = None
+    spec: dict | None = None
+    version: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_props(cls, props: dict[str, str], where: str = "model") -> ModelMeta:
+        def load(key: str):
+            if key not in props:
+                return None
+            try:
+                return json.loads(props[key])
+            except json.JSONDecodeError:
+                raise InputError(f"{where}: metadata {key} is not JSON: {props[key][:80]!r}") from None
+        layout = props.get("cnngraph.input_layout", "NCHW")
+        if layout != "NCHW":
+            raise InputError(f"{where}: input layout {layout} is not supported (NCHW only)")
+        shape, norm, classes = load("cnngraph.input_shape"), load("cnngraph.normalize"), load("cnngraph.classes")
+        norm = norm or {}
+        return cls(input_shape=tuple(shape) if shape else None,
+                   mean=tuple(norm["mean"]) if "mean" in norm else None,
+                   std=tuple(norm["std"]) if "std" in norm else None,
+                   classes=tuple(classes) if classes else None,
+                   spec=load("cnngraph.spec"), version=props.get("cnngraph.version"),
+                   extra={k: v for k, v in props.items() if not k.startswith("cnngraph.")})
+
+
+def normalize(pixels: np.ndarray, meta: ModelMeta) -> np.ndarray:
+    """Pixels (N, C, H, W), uint8 or floats already in [0, 1] -> float32 in [0, 1], then
+    (x - mean) / std per channel."""
+    x = pixels.astype(np.float32) / (255.0 if pixels.dtype == np.uint8 else 1.0)
+    channels = x.shape[1]
+    for name, values in (("mean", meta.mean), ("std", meta.std)):
+        if values is not None and len(values) not in (1, channels):
+            raise InputError(f"model metadata normalize.{name} has {len(values)} values for "
+                             f"{channels} channels")
+    if meta.mean is not None:
+        x -= np.asarray(meta.mean, np.float32).reshape(1, -1, 1, 1)
+    if meta.std is not None:
+        x /= np.asarray(meta.std, np.float32).reshape(1, -1, 1, 1)
+    return x
+
+
+def load_image(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
+    """One image file -> uint8 (C, H, W) following the image rule above."""
+    from PIL import Image, UnidentifiedImageError
+    channels, height, width = shape
+    modes = {1: "L", 3: "RGB", 4: "RGBA"}
+    if channels not in modes:
+        raise InputError(f"{path}: images can feed 1-, 3- or 4-channel inputs; the model takes "
+                         f"{channels} channels (pass a .npy instead)")
+    try:
+        with Image.open(path) as im:
+            im = im.convert(modes[channels])
+            if im.size != (width, height):
+                im = im.resize((width, height), Image.Resampling.BILINEAR)
+            pixels = np.asarray(im, dtype=np.uint8)
+    except (OSError, UnidentifiedImageError) as exc:
+        raise InputError(f"{path}: cannot read it as an image ({exc})") from None
+    return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+
+
+def _as_batch(array: np.ndarray, where: str, expected: tuple[int, ...] | None) -> np.ndarray:
+    if array.ndim == 3:
+        array = array[None]
+    if array.ndim != 4:
+        raise InputError(f"{where}: expected an array of shape (C, H, W) or (N, C, H, W), got "
+                         f"shape {array.shape}")
+    if expected is not None and tuple(array.shape[1:]) != tuple(expected):
+        raise InputError(f"{where}: each sample has shape {tuple(array.shape[1:])}, the model "
+                         f"expects {tuple(expected)} (C, H, W)")
+    return array
+
+
+def _array_input(array: np.ndarray, where: str, meta: ModelMeta,
+                 expected: tuple[int, ...] | None) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return normalize(_as_batch(array, where, expected), meta)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise InputError(f"{where}: dtype {array.dtype} is neither uint8 pixels nor floats")
+    return _as_batch(array, where, expected).astype(np.float32, copy=False)
+
+
+def load_inputs(paths: list[Path], meta: ModelMeta, input_name: str,
+                expected: tuple[int, ...] | None) -> tuple[np.ndarray, list[str]]:
+    """Files -> one float32 batch (N, C, H, W) for the model's single input, and a label per
+    sample (the file name, with an index for files that hold several samples)."""
+    batches, labels = [], []
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"{path}: no such file")
+        suffix = path.suffix.lower()
+        if suffix in IMAGE_SUFFIXES:
+            if expected is None:
+                raise InputError(f"{path}: the model has no cnngraph.input_shape metadata, so "
+                                 f"images cannot be resized for it; pass a .npy")
+            batch = normalize(load_image(path, tuple(expected))[None], meta)
+        elif suffix in (".npy", ".npz"):
+            batch = _array_input(_read_array(path, input_name), str(path), meta, expected)
+        else:
+            raise InputError(f"{path}: unsupported input file (use an image, .npy or .npz)")
+        batches.append(batch)
+        labels += [path.name] if len(batch) == 1 else [f"{path.name}[{i}]" for i in range(len(batch))]
+    if not batches:
+        raise InputError("no input files given")
+    return np.concatenate(batches), labels
+
+
+def _read_array(path: Path, input_name: str) -> np.ndarray:
+    """A .npy array, or from a .npz the array named like the model input, else `x`, else the
+    only array it holds. Never unpickles."""
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read it as a NumPy file ({exc})") from None
+    if isinstance(data, np.ndarray):
+        return data
+    with data:
+        for key in (input_name, "x"):
+            if key in data.files:
+                return data[key]
+        if len(data.files) == 1:
+            return data[data.files[0]]
+        raise InputError(f"{path}: holds arrays {data.files}; name the input array "
+                         f"'{input_name}' or 'x'")

@@ -1,0 +1,265 @@
+"""The runtime on the CPU provider against independent references (torch functional ops), the
+optimised-model cache, placement reports, and the CUDA paths where CUDA really runs."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+from onnx import TensorProto, helper, numpy_helper
+
+from cnngraph.errors import InputError
+from cnngraph.runtime import (ModelMeta, PlacementError, Predictor, check_placement, cuda_status,
+                              float16_model, placement)
+from cnngraph.runtime.session import cache_path
+
+CUDA = cuda_status()[0]
+needs_cuda = pytest.mark.skipif(not CUDA, reason="CUDA provider cannot start here")
+
+RNG = np.random.default_rng(0)
+W1 = RNG.standard_normal((4, 3, 3, 3)).astype(np.float32) * 0.3
+B1 = RNG.standard_normal(4).astype(np.float32) * 0.1
+FC = RNG.standard_normal((5, 4)).astype(np.float32)
+FCB = RNG.standard_normal(5).astype(np.float32)
+
+
+def scaled_relu() -> onnx.FunctionProto:
+    """A cnngraph-domain function: 2 * relu(x), its body nodes named."""
+    return helper.make_function(
+        "cnngraph", "ScaledRelu", ["X"], ["Y"],
+        [helper.make_node("Relu", ["X"], ["r"], name="relu"),
+         helper.make_node("Constant", [], ["two"], name="two",
+                          value=helper.make_tensor("v", TensorProto.FLOAT, [], [2.0])),
+         helper.make_node("Mul", ["r", "two"], ["Y"], name="mul")],
+        opset_imports=[helper.make_opsetid("", 18)])
+
+
+def write_model(path, w1=W1, meta: dict | None = None, out_shape=("N", 5), batch="N"):
+    """Conv(3->4, 3x3, pad 1) -> cnngraph.ScaledRelu -> GlobalAveragePool -> Flatten -> Gemm(5)."""
+    nodes = [helper.make_node("Conv", ["x", "W1", "B1"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("ScaledRelu", ["c"], ["s"], domain="cnngraph", name="act"),
+             helper.make_node("GlobalAveragePool", ["s"], ["p"], name="gap"),
+             helper.make_node("Flatten", ["p"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "FC", "FCB"], ["logits"], transB=1, name="fc")]
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, out_shape)],
+        [numpy_helper.from_array(a, n) for a, n in ((w1, "W1"), (B1, "B1"), (FC, "FC"), (FCB, "FCB"))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
+                                                    helper.make_opsetid("cnngraph", 1)],
+                              functions=[scaled_relu()], ir_version=10)
+    for key, value in (meta or {}).items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def reference(x: np.ndarray, w1=W1) -> np.ndarray:
+    t = torch.from_numpy(x)
+    h = 2 * F.relu(F.conv2d(t, torch.from_numpy(w1), torch.from_numpy(B1), padding=1))
+    return F.linear(h.mean(dim=(2, 3)), torch.from_numpy(FC), torch.from_numpy(FCB)).numpy()
+
+
+@pytest.fixture
+def model(tmp_path):
+    return write_model(tmp_path / "tiny.onnx")
+
+
+X = RNG.random((2, 3, 8, 8), dtype=np.float32)
+
+
+def test_cpu_predictor_matches_torch_reference(model):
+    p = Predictor(model, "cpu", threads=1)
+    assert p.provider == "CPUExecutionProvider"
+    np.testing.assert_allclose(p.run(X)[0], reference(X), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(p(x=X.astype(np.float64))[0], reference(X), rtol=1e-5, atol=1e-5)
+
+
+def test_torch_and_ortvalue_binding_match_reference(model):
+    p = Predictor(model, "cpu")
+    out = p.run_torch(torch.from_numpy(X))[0]
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 5)
+    np.testing.assert_allclose(out.numpy(), reference(X), rtol=1e-5, atol=1e-5)
+    values = p.run_ortvalues(p.to_device(X))
+    np.testing.assert_allclose(values[0].numpy(), reference(X), rtol=1e-5, atol=1e-5)
+    x1 = X[:1].copy()   # another batch size: output shapes found again
+    np.testing.assert_allclose(p.run_torch(torch.from_numpy(x1))[0].numpy(), reference(x1),
+                               rtol=1e-5, atol=1e-5)
+    # a model that does not declare its output shape: found by a run on zeros
+    q = Predictor(write_model(model.with_name("undeclared.onnx"), out_shape=[None, None]), "cpu")
+    np.testing.assert_allclose(q.run_torch(torch.from_numpy(X))[0].numpy(), reference(X),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_optimised_model_is_cached_and_reused(model):
+    Predictor(model, "cpu")
+    cached = list(model.parent.glob("tiny.cpu-ort*.opt.onnx"))
+    assert cached == [cache_path(model, "cpu")]
+    # the cached graph had its cnngraph function inlined and still loads on its own
+    assert not onnx.load(str(cached[0])).functions
+    # prove the second session reads the cache: plant a cache built from other weights
+    other = write_model(model.with_name("w2.onnx"), w1=-W1)
+    Predictor(other, "cpu")
+    shutil.copy(cache_path(other, "cpu"), cached[0])
+    np.testing.assert_allclose(Predictor(model, "cpu").run(X)[0], reference(X, -W1), rtol=1e-5, atol=1e-5)
+
+
+def test_changed_model_gets_a_fresh_cache(model):
+    Predictor(model, "cpu")
+    first = cache_path(model, "cpu")
+    write_model(model, w1=W1 * 2)
+    out = Predictor(model, "cpu").run(X)[0]
+    np.testing.assert_allclose(out, reference(X, W1 * 2), rtol=1e-5, atol=1e-5)
+    assert not first.exists() and cache_path(model, "cpu").exists()
+
+
+def test_broken_cache_is_rebuilt(model):
+    Predictor(model, "cpu")
+    cache_path(model, "cpu").write_bytes(b"not a model")
+    np.testing.assert_allclose(Predictor(model, "cpu").run(X)[0], reference(X), rtol=1e-5, atol=1e-5)
+    onnx.load(str(cache_path(model, "cpu")))   # rewritten, valid again
+
+
+def test_placement_lists_every_node_with_inlined_function_bodies(model):
+    report = placement(model, "cpu")
+    assert report.device == "CPUExecutionProvider"
+    assert {n.provider for n in report.nodes} == {"CPUExecutionProvider"}
+    # the body's Mul survives optimisation; ORT names inlined nodes _inlfunc_<Function>_<node>
+    body = [n for n in report.nodes if n.function == "ScaledRelu"]
+    assert any(n.op_type == "Mul" and n.name == "_inlfunc_ScaledRelu_mul" for n in body)
+    assert {"gap", "fc"} <= {n.name for n in report.nodes}
+    assert report.fallbacks() == []
+    assert "ScaledRelu" in report.table()
+    check_placement(model, "cpu")
+
+
+def test_unfused_placement_shows_every_node_of_the_inlined_graph(model):
+    """The 4 main-graph nodes besides the call, plus the function's Relu and Mul (its Constant
+    becomes an initializer)."""
+    report = placement(model, "cpu", fused=False)
+    assert sorted(n.op_type for n in report.nodes) == sorted(
+        ["Conv", "Relu", "Mul", "GlobalAveragePool", "Flatten", "Gemm"])
+    assert sorted(n.op_type for n in report.nodes if n.function == "ScaledRelu") == ["Mul", "Relu"]
+    assert {n.provider for n in report.nodes} == {"CPUExecutionProvider"}
+
+
+@pytest.mark.skipif(CUDA, reason="checks the refusal where CUDA is absent")
+def test_cuda_requests_fail_clearly_without_cuda(model):
+    with pytest.raises(PlacementError, match="cuda"):
+        Predictor(model, "cuda", strict=True)
+    with pytest.raises(PlacementError, match="use --device cpu"):
+        check_placement(model, "cuda")
+    assert Predictor(model, "auto").provider == "CPUExecutionProvider"
+
+
+def test_bad_inputs_raise_one_clear_error(model, tmp_path):
+    p = Predictor(model, "cpu")
+    with pytest.raises(InputError, match=r"shape \(2, 1, 8, 8\) does not fit the model's \('N', 3, 8, 8\)"):
+        p.run(X[:, :1])
+    with pytest.raises(InputError, match="dtype int64"):
+        p.run(X.astype(np.int64))
+    with pytest.raises(InputError, match="takes 1 input"):
+        p.run(X, X)
+    with pytest.raises(InputError, match="no such model file"):
+        Predictor(tmp_path / "missing.onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"junk")
+    with pytest.raises(InputError, match="onnxruntime cannot load it"):
+        Predictor(tmp_path / "junk.onnx", "cpu")
+
+
+def test_fp16_model_keeps_float32_io(model):
+    fp16 = float16_model(model)
+    m = onnx.load(str(fp16))
+    assert m.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert {i.data_type for i in m.graph.initializer if i.name == "W1"} == {TensorProto.FLOAT16}
+    assert not m.functions   # inlined before conversion
+    out = Predictor(model, "cpu", fp16=True).run(X)[0]
+    np.testing.assert_allclose(out, reference(X), rtol=2e-2, atol=2e-2)
+
+
+def test_metadata_is_parsed(tmp_path):
+    props = {"cnngraph.input_shape": "[3, 8, 8]", "cnngraph.classes": json.dumps(list("abcde")),
+             "cnngraph.normalize": json.dumps({"mean": [0.5] * 3, "std": [0.25] * 3}),
+             "cnngraph.input_layout": "NCHW", "cnngraph.spec": json.dumps({"name": "tiny"})}
+    path = write_model(tmp_path / "m.onnx", meta=props)
+    Predictor(path, "cpu")
+    p = Predictor(path, "cpu")   # from the optimised cache, which keeps the metadata
+    assert p.meta == ModelMeta(input_shape=(3, 8, 8), mean=(0.5,) * 3, std=(0.25,) * 3,
+                               classes=tuple("abcde"), spec={"name": "tiny"})
+
+
+# -- CUDA: run where the CUDA provider really starts ------------------------------------------
+
+@needs_cuda
+def test_cuda_predictor_matches_reference_and_places_every_node_on_cuda(model):
+    p = Predictor(model, "cuda", strict=True)
+    assert p.session.get_providers()[0] == "CUDAExecutionProvider"
+    np.testing.assert_allclose(p.run(X)[0], reference(X), rtol=1e-3, atol=1e-3)
+    report = check_placement(model, "cuda")
+    assert {n.provider for n in report.nodes if n.compute} == {"CUDAExecutionProvider"}
+
+
+@needs_cuda
+def test_cuda_torch_tensors_stay_on_device(model):
+    p = Predictor(model, "cuda")
+    out = p.run_torch(torch.from_numpy(X).cuda())[0]
+    assert out.is_cuda
+    np.testing.assert_allclose(out.cpu().numpy(), reference(X), rtol=1e-3, atol=1e-3)
+
+
+@needs_cuda
+def test_cuda_graph_replays_with_new_inputs(model):
+    p = Predictor(model, "cuda", cuda_graph=True)
+    for scale in (1.0, 2.0, 3.0, 0.5):   # capture happens after the first runs; then replays
+        x = X * scale
+        np.testing.assert_allclose(p.run(x)[0], reference(x), rtol=1e-3, atol=1e-3)
+    with pytest.raises(InputError, match="fixed shapes"):
+        p.run(X[:1])
+
+
+@needs_cuda
+def test_cuda_fp16(model):
+    out = Predictor(model, "cuda", fp16=True).run(X)[0]
+    np.testing.assert_allclose(out, reference(X), rtol=2e-2, atol=2e-2)
+
+
+def test_static_binding_used_by_cuda_graphs_on_cpu(model):
+    """The CUDA-graph path binds static buffers once and copies each input into them; the same
+    code runs on the CPU provider (which just does not capture), so it is checked here."""
+    p = Predictor(model, "cpu")
+    p.cuda_graph = True
+    first = p.run(X)[0]
+    np.testing.assert_allclose(first, reference(X), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(p.run(X * 2)[0], reference(X * 2), rtol=1e-5, atol=1e-5)
+    out = p.run_ortvalues(p.to_device(X * 3))
+    np.testing.assert_allclose(out[0].numpy(), reference(X * 3), rtol=1e-5, atol=1e-5)
+    with pytest.raises(InputError, match="fixed shapes"):
+        p.run(X[:1])
+    q = Predictor(model, "cpu")
+    q.cuda_graph = True
+    t = q.run_torch(torch.from_numpy(X))[0]
+    again = q.run_torch(torch.from_numpy(X * 2))[0]
+    assert again.data_ptr() == t.data_ptr()   # the same static output buffer, rewritten
+    np.testing.assert_allclose(again.numpy(), reference(X * 2), rtol=1e-5, atol=1e-5)
+
+
+def test_placement_of_an_exported_cnngraph_function(tmp_path):
+    """The exporter's within-channel LRN is a cnngraph function called twice in this net: the
+    unfused profile shows its body nodes from both calls, all on the CPU provider."""
+    import cnngraph
+    from exporters import export_onnx
+    graph = cnngraph.load("lrn_within_net")
+    torch.manual_seed(0)
+    model = export_onnx(graph, cnngraph.build(graph).eval(), tmp_path / "lrn.onnx")
+    (function,) = [f for f in model.functions if f.name == "LRNWithinChannel"]
+    calls = [n for n in model.graph.node if n.op_type == "LRNWithinChannel"]
+    report = placement(tmp_path / "lrn.onnx", "cpu", fused=False)
+    body = [n for n in report.nodes if n.function == "LRNWithinChannel"]
+    assert body and len(body) % len(calls) == 0
+    assert {n.op_type for n in body} <= {n.op_type for n in function.node}
+    assert {n.provider for n in report.nodes} == {"CPUExecutionProvider"}
