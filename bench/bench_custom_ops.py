@@ -1,8 +1,11 @@
 """Benchmark custom_ops on this machine: deform_conv2d forward and forward+backward against a dense
 conv2d of the same shape and onnxruntime's native DeformConv forward; LRN within vs across
-channels. Prints a Markdown table (median of --repeat runs, milliseconds).
+channels. Prints Markdown tables (milliseconds, median of --repeat rounds).
 
-    .venv/bin/python bench/bench_custom_ops.py [--repeat 5] [--threads N]
+The contenders of one case run interleaved (one call each per round, in the same process), so
+load from other jobs on a shared machine hits them alike and the ratios stay meaningful.
+
+    .venv/bin/python bench/bench_custom_ops.py [--repeat 9] [--threads 1 2]
 """
 from __future__ import annotations
 
@@ -26,15 +29,17 @@ import custom_ops  # noqa: E402
 CASES = [(8, 64, 64, 56, 56, 3), (8, 128, 128, 56, 56, 3)]
 
 
-def timed(fn, repeat: int) -> float:
-    """Median wall time of fn() in ms, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+def interleaved(fns: list, repeat: int) -> list[float]:
+    """Median wall time in ms of each fn, calling them in turn for `repeat` rounds after one
+    warm-up round."""
+    times = [[] for _ in fns]
+    for round in range(repeat + 1):
+        for fn, spent in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            if round:
+                spent.append(time.perf_counter() - start)
+    return [statistics.median(spent) * 1e3 for spent in times]
 
 
 def ort_deform_conv(x, weight, bias, offset, mask, threads: int):
@@ -86,10 +91,8 @@ def deform_rows(repeat: int, threads: int):
             F.conv2d(*dense, 1, 1).sum().backward()
 
         native = ort_deform_conv(*(t.numpy() for t in (x, weight, bias, offset, mask)), threads)
-        t_fwd, t_fb = timed(fwd, repeat), timed(fwd_bwd, repeat)
-        t_conv, t_conv_fb = timed(conv, repeat), timed(conv_bwd, repeat)
-        t_ort = timed(native, repeat)
-        yield (f"deform_conv2d v2 {shape}", t_fwd, t_fb, t_conv, t_conv_fb, t_ort)
+        times = interleaved([fwd, fwd_bwd, conv, conv_bwd, native], repeat)
+        yield (f"deform_conv2d v2 {shape}", *times)
 
 
 def lrn_rows(repeat: int):
@@ -104,27 +107,33 @@ def lrn_rows(repeat: int):
         def fwd_bwd():
             custom_ops.local_response_norm(leaf, 5, 1e-4, 0.75, 1.0, region).sum().backward()
 
-        yield region, timed(fwd, repeat), timed(fwd_bwd, repeat)
+        yield (region, *interleaved([fwd, fwd_bwd], repeat))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--repeat", type=int, default=9)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+                        help="torch threads = onnxruntime intra-op threads, one table each")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"{args.threads} threads; torch {torch.__version__}, onnxruntime {ort.__version__}\n")
-    print("| deform_conv2d case | fwd ms | fwd+bwd ms | conv2d fwd ms | conv2d fwd+bwd ms "
-          "| ORT DeformConv fwd ms | fwd / ORT | fwd+bwd / conv2d fwd+bwd |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name, t_fwd, t_fb, t_conv, t_conv_fb, t_ort in deform_rows(args.repeat, args.threads):
-        print(f"| {name} | {t_fwd:.1f} | {t_fb:.1f} | {t_conv:.1f} | {t_conv_fb:.1f} "
-              f"| {t_ort:.1f} | {t_fwd / t_ort:.2f}× | {t_fb / t_conv_fb:.2f}× |")
-    print("\n| LRN size 5, N=8 C=64 56×56 | fwd ms | fwd+bwd ms |")
-    print("|---|---|---|")
-    for region, t_fwd, t_fb in lrn_rows(args.repeat):
-        print(f"| {region} | {t_fwd:.1f} | {t_fb:.1f} |")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+          f"torch {torch.__version__}, onnxruntime {ort.__version__}; load average "
+          f"{os.getloadavg()[0]:.1f}\n")
+    print("| threads | deform_conv2d case | fwd ms | fwd+bwd ms | conv2d fwd ms "
+          "| conv2d fwd+bwd ms | ORT DeformConv fwd ms | fwd / ORT | fwd+bwd / conv2d fwd+bwd |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for name, t_fwd, t_fb, t_conv, t_conv_fb, t_ort in deform_rows(args.repeat, threads):
+            print(f"| {threads} | {name} | {t_fwd:.1f} | {t_fb:.1f} | {t_conv:.1f} "
+                  f"| {t_conv_fb:.1f} | {t_ort:.1f} | {t_fwd / t_ort:.2f}× "
+                  f"| {t_fb / t_conv_fb:.2f}× |", flush=True)
+    print("\n| threads | LRN size 5, N=8 C=64 56×56 | fwd ms | fwd+bwd ms |")
+    print("|---|---|---|---|")
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for region, t_fwd, t_fb in lrn_rows(args.repeat):
+            print(f"| {threads} | {region} | {t_fwd:.1f} | {t_fb:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -86,221 +86,226 @@ def _check(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None,
     return groups, og, oh, ow
 
 
-class _Sampler:
-    """The bilinear sampling of one batch chunk, laid out (n, oH·oW, og, taps) like the im2col
-    rows: per corner, the rows to gather from the zero-bordered channels-last input, and the
-    bilinear weights."""
-
-    def __init__(self, offset: Tensor, mask: Tensor | None, size: tuple[int, int],
-                 kernel: tuple[int, int], stride, padding, dilation, chunks: int):
-        n, _, oh, ow = offset.shape
-        (h, w), (kh, kw) = size, kernel
-        taps, og, length = kh * kw, offset.shape[1] // (2 * kh * kw), oh * ow
-        dev, dt = offset.device, offset.dtype
-        tap_y = torch.arange(kh, device=dev, dtype=dt).repeat_interleave(kw) * dilation[0]
-        tap_x = torch.arange(kw, device=dev, dtype=dt).repeat(kh) * dilation[1]
-        out_y = torch.arange(oh, device=dev, dtype=dt) * stride[0] - padding[0]
-        out_x = torch.arange(ow, device=dev, dtype=dt) * stride[1] - padding[1]
-        base_y = (out_y[:, None, None] + tap_y).expand(oh, ow, taps).reshape(length, 1, taps)
-        base_x = (out_x[None, :, None] + tap_x).expand(oh, ow, taps).reshape(length, 1, taps)
-        off = offset.view(n, og, taps, 2, length).permute(0, 4, 1, 2, 3).contiguous()
-        # Clamped so far-away samples stay in int64 range and land on the zero border.
-        y = (off[..., 0] + base_y).clamp_(-2, h + 1)
-        x = (off[..., 1] + base_x).clamp_(-2, w + 1)
-        y0, x0 = y.floor(), x.floor()
-        self.ly, self.lx = y - y0, x - x0
-        self.mask = (None if mask is None else
-                     mask.view(n, og, taps, length).permute(0, 3, 1, 2).contiguous())
-        y0, x0 = y0.long(), x0.long()
-        # Gathered rows are ordered (n, L, og, chunks per og, taps), each `unit` channels.
-        plane = (h + 2) * (w + 2)
-        start = (torch.arange(n, device=dev)[:, None] * chunks
-                 + torch.arange(chunks, device=dev)[None, :]) * plane
-        start = start.view(n, 1, og, chunks // og, 1)
-        self.corners = []
-        for dy in (0, 1):
-            for dx in (0, 1):
-                pos = ((y0 + dy).clamp_(-1, h) + 1) * (w + 2) + (x0 + dx).clamp_(-1, w) + 1
-                self.corners.append((dy, dx, (pos.unsqueeze(3) + start).view(-1)))
-
-    def bilinear(self, dy: int, dx: int) -> Tensor:
-        """The corner's bilinear weight, (n, L, og, taps)."""
-        wy = self.ly if dy else 1 - self.ly
-        wx = self.lx if dx else 1 - self.lx
-        return wy * wx
-
-    def weight(self, dy: int, dx: int) -> Tensor:
-        """Bilinear weight times mask, broadcastable to a gather's (n, L, og, per, taps, unit)."""
-        w = self.bilinear(dy, dx)
-        if self.mask is not None:
-            w *= self.mask
-        return w[:, :, :, None, :, None]
-
-
-def _layout(c: int, groups: int, og: int) -> int:
-    """Channels per gathered row: the largest run that stays inside one group and one offset
-    group, so each conv group's columns form one contiguous block."""
-    return math.gcd(c // groups, c // og)
-
-
-def _source(x: Tensor, unit: int) -> Tensor:
-    """(n, C, H, W) -> rows (n·C/unit·(H+2)·(W+2), unit): zero border, channels innermost."""
-    n, c, h, w = x.shape
-    padded = F.pad(x, (1, 1, 1, 1))
-    return padded.view(n, c // unit, unit, (h + 2) * (w + 2)).transpose(2, 3).reshape(-1, unit)
-
-
-def _unsource(rows: Tensor, n: int, c: int, h: int, w: int) -> Tensor:
-    unit = rows.shape[1]
-    padded = rows.view(n, c // unit, (h + 2) * (w + 2), unit).transpose(2, 3)
-    return padded.reshape(n, c, h + 2, w + 2)[:, :, 1:-1, 1:-1]
-
-
-def _weight_rows(weight: Tensor, groups: int, unit: int) -> Tensor:
-    """(M, C/g, kH, kW) -> (g, M/g, D) in the column order of the im2col matrix."""
-    m, cg, kh, kw = weight.shape
-    w = weight.reshape(groups, m // groups, cg // unit, unit, kh * kw).transpose(3, 4)
-    return w.reshape(groups, m // groups, cg * kh * kw)
-
-
-def _chunk_size(n: int, c: int, taps: int, length: int, itemsize: int) -> int:
-    return max(1, min(n, IM2COL_BUDGET_BYTES // max(1, c * taps * length * itemsize)))
-
-
 def _compute_dtype(t: Tensor) -> torch.dtype:
     return torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else t.dtype
 
 
-class _Workspace:
-    """Im2col-sized buffers allocated once per call and reused by every corner and chunk:
-    fresh large allocations cost more in page faults than the gathers themselves."""
+class _Plan:
+    """Shapes of one call. The channels are cut into B blocks of `unit` channels, the largest run
+    inside one conv group and one offset group: conv group g owns blocks
+    [g·per_group, (g+1)·per_group), and block b samples with offset group b // per_offset_group."""
 
-    def __init__(self, like: Tensor, count: int, numel: int):
-        self._buffers = like.new_empty((count, numel))
+    def __init__(self, input: Tensor, offset: Tensor, weight: Tensor, oh: int, ow: int):
+        _, c, self.h, self.w = input.shape
+        self.m, cg, kh, kw = weight.shape
+        self.groups, self.taps, self.kernel = c // cg, kh * kw, (kh, kw)
+        self.og = offset.shape[1] // (2 * self.taps)
+        self.unit = math.gcd(cg, c // self.og)
+        self.blocks, self.per_group = c // self.unit, cg // self.unit
+        self.per_offset_group = c // self.og // self.unit
+        self.oh, self.ow = oh, ow
+        self.plane = (self.h + 2) * (self.w + 2)
+        self.dtype = _compute_dtype(input)
 
-    def get(self, i: int, shape: tuple[int, ...]) -> Tensor:
-        return self._buffers[i, :math.prod(shape)].view(shape)
+    def chunk_size(self, n: int) -> int:
+        """Images per chunk: the chunk's im2col matrix, and its sampling matrix, each fit
+        IM2COL_BUDGET_BYTES (one image at least)."""
+        item = torch.finfo(self.dtype).bits // 8
+        samples = self.blocks * self.oh * self.ow * self.taps
+        cols = samples * self.unit * item
+        entries = samples * 4 * (2 * 8 + item)  # column index, sort order, value
+        return max(1, min(n, IM2COL_BUDGET_BYTES // max(cols, entries)))
+
+    def weight_blocks(self, weight: Tensor) -> Tensor:
+        """(M, C/g, kH, kW) -> (g, per_group, taps·unit, M/g): each block's input channels
+        against its conv group's outputs, rows in the im2col column order (tap, channel)."""
+        w = weight.reshape(self.groups, self.m // self.groups, self.per_group, self.unit,
+                           self.taps)
+        return w.permute(0, 2, 4, 3, 1).reshape(self.groups, self.per_group,
+                                                self.taps * self.unit, -1)
 
 
-def _gather(src: Tensor, rows: Tensor, out: Tensor) -> Tensor:
-    """The rows of `src` into `out` (any shape holding len(rows) rows)."""
-    torch.index_select(src, 0, rows, out=out.view(-1, src.shape[1]))
-    return out
+def _source(x: Tensor, unit: int) -> Tensor:
+    """(n, C, H, W) -> (B·n·(H+2)·(W+2), unit): per channel block, the pixels of the
+    zero-bordered input as rows of `unit` channels (out-of-image samples read the border)."""
+    n, c, h, w = x.shape
+    padded = F.pad(x, (1, 1, 1, 1)).view(n, c // unit, unit, (h + 2) * (w + 2))
+    return padded.permute(1, 0, 3, 2).reshape(-1, unit)
 
 
-def _gather_columns(src: Tensor, sampler: _Sampler, cols: Tensor, scratch: Tensor) -> Tensor:
-    """The im2col matrix of one chunk into `cols`: Σ over corners of weight × gathered rows."""
-    for i, (dy, dx, rows) in enumerate(sampler.corners):
-        if i == 0:
-            torch.mul(_gather(src, rows, scratch), sampler.weight(dy, dx), out=cols)
-        else:
-            cols.addcmul_(_gather(src, rows, scratch), sampler.weight(dy, dx))
-    return cols
+def _unsource(rows: Tensor, n: int, c: int, h: int, w: int) -> Tensor:
+    """Inverse layout of _source, border dropped."""
+    unit = rows.shape[1]
+    padded = rows.view(c // unit, n, (h + 2) * (w + 2), unit).permute(1, 0, 3, 2)
+    return padded.reshape(n, c, h + 2, w + 2)[:, :, 1:-1, 1:-1]
+
+
+class _Sampler:
+    """The bilinear sampling of one batch chunk as a sparse matrix S.
+
+    Row (b, p, k) of S holds the four bilinear weights (times the mask) of tap k at output
+    position p, in the columns of the four corner pixels of block b's rows in the source. So
+    S @ source is the im2col matrix, (B, P, taps·unit), in one sparse matmul (the gathers and the
+    weighted sum fused), and S^T @ d(im2col) is the scatter-add of the input gradient."""
+
+    def __init__(self, offset: Tensor, mask: Tensor | None, plan: _Plan, stride, padding,
+                 dilation):
+        n, _, oh, ow = offset.shape
+        h, w, (kh, kw), taps, og = plan.h, plan.w, plan.kernel, plan.taps, plan.og
+        length, dev, dt = oh * ow, offset.device, offset.dtype
+        tap_y = torch.arange(kh, device=dev, dtype=dt).repeat_interleave(kw) * dilation[0]
+        tap_x = torch.arange(kw, device=dev, dtype=dt).repeat(kh) * dilation[1]
+        out_y = torch.arange(oh, device=dev, dtype=dt) * stride[0] - padding[0]
+        out_x = torch.arange(ow, device=dev, dtype=dt) * stride[1] - padding[1]
+        base_y = (out_y[:, None, None] + tap_y).expand(oh, ow, taps).reshape(length, taps)
+        base_x = (out_x[None, :, None] + tap_x).expand(oh, ow, taps).reshape(length, taps)
+        # Everything below is laid out (og, n, L, taps[, corner]).
+        off = offset.view(n, og, taps, 2, length).permute(3, 1, 0, 4, 2)
+        # Clamped so far-away samples stay in int64 range and land on the zero border.
+        y = (off[0] + base_y).clamp_(-2, h + 1)
+        x = (off[1] + base_x).clamp_(-2, w + 1)
+        y0, x0 = y.floor(), x.floor()
+        self.ly, self.lx = y - y0, x - x0
+        self.mask = None if mask is None else mask.view(n, og, taps, length).permute(1, 0, 3, 2)
+        y0, x0 = y0.long(), x0.long()
+        image = torch.arange(n, device=dev).view(1, n, 1, 1) * plan.plane
+        pixel = torch.stack([((y0 + dy).clamp_(-1, h) + 1) * (w + 2)
+                             + (x0 + dx).clamp_(-1, w) + 1 + image
+                             for dy, dx in _CORNERS], -1)
+        weight = torch.stack([self.bilinear(dy, dx) for dy, dx in _CORNERS], -1)
+        if self.mask is not None:
+            weight *= self.mask[..., None]
+        if plan.per_offset_group > 1:  # blocks of one offset group share its entries
+            which = torch.arange(plan.blocks, device=dev) // plan.per_offset_group
+            pixel, weight = pixel[which], weight[which]
+        rows = n * plan.plane  # source rows per block
+        shift = torch.arange(plan.blocks, device=dev).view(-1, 1, 1, 1, 1) * rows
+        self.columns = (pixel + shift).view(-1)
+        self.values = weight.view(-1)
+        self.size = (self.columns.numel() // 4, plan.blocks * rows)
+        self.crow = torch.arange(0, self.columns.numel() + 1, 4, device=dev)
+
+    def bilinear(self, dy: int, dx: int) -> Tensor:
+        """The corner's bilinear weight, (og, n, L, taps)."""
+        wy = self.ly if dy else 1 - self.ly
+        wx = self.lx if dx else 1 - self.lx
+        return wy * wx
+
+    def matrix(self) -> Tensor:
+        return torch.sparse_csr_tensor(self.crow, self.columns, self.values, self.size,
+                                       check_invariants=False)
+
+    def transposed(self) -> Tensor:
+        """S^T as CSR, built by sorting the entries by column."""
+        columns, order = torch.sort(self.columns)
+        counts = torch.bincount(columns, minlength=self.size[1])
+        crow = torch.cat((counts.new_zeros(1), counts.cumsum(0)))
+        return torch.sparse_csr_tensor(crow, order // 4, self.values[order], self.size[::-1],
+                                       check_invariants=False)
+
+
+_CORNERS = ((0, 0), (0, 1), (1, 0), (1, 1))  # (dy, dx) of the four bilinear neighbours
 
 
 def _forward(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None,
              mask: Tensor | None, stride, padding, dilation) -> Tensor:
     groups, og, oh, ow = _check(input, offset, weight, bias, mask, stride, padding, dilation)
-    dtype = _compute_dtype(input)
-    n, c, h, w = input.shape
-    m, _, kh, kw = weight.shape
-    unit = _layout(c, groups, og)
-    length, taps = oh * ow, kh * kw
-    wr = _weight_rows(weight.to(dtype), groups, unit).transpose(1, 2)  # (g, D, M/g)
+    plan = _Plan(input, offset, weight, oh, ow)
+    n, c, dtype, m, length = input.shape[0], input.shape[1], plan.dtype, plan.m, oh * ow
+    blocks = plan.weight_blocks(weight.to(dtype))
     out = input.new_empty((n, m, oh, ow))
-    step = _chunk_size(n, c, taps, length, torch.finfo(dtype).bits // 8)
-    space = _Workspace(wr, 2, step * length * c * taps)
+    step = plan.chunk_size(n)
+    space = input.new_empty(step * length * plan.taps * c, dtype=dtype)  # reused im2col buffer
     for b in range(0, n, step):
         e = min(n, b + step)
-        src = _source(input[b:e].to(dtype), unit)
         sampler = _Sampler(offset[b:e].to(dtype), None if mask is None else mask[b:e].to(dtype),
-                           (h, w), (kh, kw), stride, padding, dilation, c // unit)
-        shape = (e - b, length, og, c // unit // og, taps, unit)
-        cols = _gather_columns(src, sampler, space.get(0, shape), space.get(1, shape))
-        cols = cols.view((e - b) * length, groups, -1)
-        if groups == 1:
-            res = torch.mm(cols[:, 0], wr[0])
-        else:
-            res = torch.bmm(cols.transpose(0, 1), wr).transpose(0, 1).reshape(-1, m)
-        if bias is not None:
-            res += bias.to(dtype)
-        out[b:e] = res.view(e - b, oh, ow, m).permute(0, 3, 1, 2)
+                           plan, stride, padding, dilation)
+        cols = space[:(e - b) * length * plan.taps * c].view(-1, plan.unit)
+        torch.mm(sampler.matrix(), _source(input[b:e].to(dtype), plan.unit), out=cols)
+        # (g, per_group, P, taps·unit) @ (g, per_group, taps·unit, M/g), summed over blocks.
+        res = torch.matmul(cols.view(groups, plan.per_group, (e - b) * length, -1), blocks)
+        res = res.sum(1) if plan.per_group > 1 else res[:, 0]
+        res = res.view(groups, e - b, length, -1).permute(1, 0, 3, 2).reshape(e - b, m, oh, ow)
+        out[b:e] = res if bias is None else res + bias.to(dtype)[:, None, None]
     return out
 
 
 def _backward(grad: Tensor, input: Tensor, offset: Tensor, weight: Tensor, mask: Tensor | None,
               stride, padding, dilation, needs: Sequence[bool]):
-    """Gradients for (input, offset, weight, mask); None where not needed."""
+    """Gradients for (input, offset, weight, mask); None where not needed.
+
+    With S the sampling matrix (see _Sampler), im2col = S @ source and out = im2col @ W, so
+    d(im2col) = dout @ W^T; the input gradient is S^T @ d(im2col), the weight gradient
+    im2col^T @ dout, and the gradient of each entry of S is <d(im2col) row, source row>, a
+    sampled matmul, which the chain rule through the bilinear weights (and the mask) turns into
+    the offset and mask gradients."""
     need_input, need_offset, need_weight, need_mask = needs
-    dtype = _compute_dtype(input)
     n, c, h, w = input.shape
-    m, _, kh, kw = weight.shape
-    groups, og = c // weight.shape[1], offset.shape[1] // (2 * kh * kw)
     oh, ow = grad.shape[2:]
-    unit = _layout(c, groups, og)
-    length, taps, chunks = oh * ow, kh * kw, c // unit
-    wr = _weight_rows(weight.to(dtype), groups, unit)  # (g, M/g, D)
-    g_input = torch.zeros_like(input, dtype=dtype) if need_input else None
+    plan = _Plan(input, offset, weight, oh, ow)
+    dtype, groups, og, taps = plan.dtype, plan.groups, plan.og, plan.taps
+    length = oh * ow
+    blocks = plan.weight_blocks(weight.to(dtype))
+    g_input = torch.empty_like(input, dtype=dtype) if need_input else None
     g_offset = torch.empty_like(offset, dtype=dtype) if need_offset else None
     g_mask = torch.empty_like(mask, dtype=dtype) if need_mask else None
-    g_weight = torch.zeros_like(wr) if need_weight else None
-    step = _chunk_size(n, c, taps, length, torch.finfo(dtype).bits // 8)
-    space = _Workspace(wr, 3, step * length * c * taps)
+    g_blocks = torch.zeros_like(blocks) if need_weight else None
+    step = plan.chunk_size(n)
+    space = input.new_empty(step * length * taps * c, dtype=dtype)  # d(im2col), then im2col
     for b in range(0, n, step):
         e = min(n, b + step)
         k = e - b
-        shape = (k, length, og, chunks // og, taps, unit)
-        src = _source(input[b:e].to(dtype), unit)
+        cols = space[:k * length * taps * c].view(groups, plan.per_group, k * length, -1)
+        src = _source(input[b:e].to(dtype), plan.unit)
         sampler = _Sampler(offset[b:e].to(dtype), None if mask is None else mask[b:e].to(dtype),
-                           (h, w), (kh, kw), stride, padding, dilation, chunks)
-        g_out = grad[b:e].to(dtype).permute(0, 2, 3, 1).reshape(k * length, groups, m // groups)
-        need_sampled = need_offset or need_mask
-        if need_input or need_sampled:
-            g_cols = space.get(2, shape)
-            torch.bmm(g_out.transpose(0, 1), wr,
-                      out=g_cols.view(k * length, groups, -1).transpose(0, 1))
-        g_src = torch.zeros_like(src) if need_input else None
-        cols, scratch = space.get(0, shape), space.get(1, shape)
-        g_y = g_x = g_m = 0
-        for i, (dy, dx, rows) in enumerate(sampler.corners):
-            weight_c = sampler.weight(dy, dx)
-            if need_weight or need_sampled:
-                corner = _gather(src, rows, scratch)
-                if need_weight and i == 0:
-                    torch.mul(corner, weight_c, out=cols)
-                elif need_weight:
-                    cols.addcmul_(corner, weight_c)
-            if need_sampled:
-                # Σ over the offset group's channels of grad × corner value: (k, L, og, taps).
-                dot = corner.mul_(g_cols).sum((3, 5))
-                if need_mask:
-                    g_m = g_m + dot * sampler.bilinear(dy, dx)
-                if need_offset:
-                    ly, lx = sampler.ly, sampler.lx
-                    g_y = g_y + dot * ((lx if dx else 1 - lx) * (1 if dy else -1))
-                    g_x = g_x + dot * ((ly if dy else 1 - ly) * (1 if dx else -1))
+                           plan, stride, padding, dilation)
+        g_out = grad[b:e].to(dtype).reshape(k, groups, 1, -1, length).permute(1, 2, 0, 4, 3)
+        g_out = g_out.reshape(groups, 1, k * length, -1)  # (g, 1, P, M/g)
+        if need_input or need_offset or need_mask:
+            torch.matmul(g_out, blocks.transpose(2, 3), out=cols)
+            g_cols = cols.view(-1, plan.unit)
             if need_input:
-                torch.mul(g_cols, weight_c, out=scratch)
-                g_src.index_add_(0, rows, scratch.view(-1, unit))
+                g_input[b:e] = _unsource(sampler.transposed() @ g_cols, k, c, h, w)
+            if need_offset or need_mask:
+                d_entry = torch.sparse.sampled_addmm(sampler.matrix(), g_cols, src.t(), beta=0)
+                _offset_mask_grads(d_entry.values(), sampler, plan, k, mask is not None,
+                                   g_offset[b:e] if need_offset else None,
+                                   g_mask[b:e] if need_mask else None)
         if need_weight:
-            g_weight.baddbmm_(g_out.permute(1, 2, 0),
-                              cols.view(k * length, groups, -1).transpose(0, 1))
-        if need_input:
-            g_input[b:e] = _unsource(g_src, k, c, h, w)
-        if need_offset:
-            if mask is not None:
-                g_y, g_x = g_y * sampler.mask, g_x * sampler.mask
-            g_offset[b:e] = torch.stack((g_y, g_x), -1).permute(0, 2, 3, 4, 1).reshape(
-                k, -1, oh, ow)
-        if need_mask:
-            g_mask[b:e] = g_m.permute(0, 2, 3, 1).reshape(k, -1, oh, ow)
+            torch.mm(sampler.matrix(), src, out=cols.view(-1, plan.unit))
+            g_blocks += torch.matmul(cols.transpose(2, 3), g_out)
+    g_weight = None
     if need_weight:
-        g_weight = g_weight.view(groups, m // groups, c // groups // unit, taps, unit)
-        g_weight = g_weight.transpose(3, 4).reshape(weight.shape).to(weight.dtype)
+        g_weight = g_blocks.view(groups, plan.per_group, taps, plan.unit, -1)
+        g_weight = g_weight.permute(0, 4, 1, 3, 2).reshape(weight.shape).to(weight.dtype)
     return (None if g_input is None else g_input.to(input.dtype),
             None if g_offset is None else g_offset.to(offset.dtype),
             g_weight,
             None if g_mask is None else g_mask.to(mask.dtype))
+
+
+def _offset_mask_grads(d_entry: Tensor, sampler: _Sampler, plan: _Plan, k: int, masked: bool,
+                       g_offset: Tensor | None, g_mask: Tensor | None) -> None:
+    """Offset and mask gradients of one chunk (written into g_offset, g_mask) from the
+    gradients of the sampling matrix entries, d_entry: (B, n, L, taps, 4)."""
+    # Blocks of one offset group add up: (og, n, L, taps, corner).
+    d_entry = d_entry.view(plan.og, plan.per_offset_group, k, -1, plan.taps, 4).sum(1)
+    g_y = g_x = g_m = 0
+    ly, lx = sampler.ly, sampler.lx
+    for i, (dy, dx) in enumerate(_CORNERS):
+        dot = d_entry[..., i]  # the gradient of the corner's weight bilinear · mask
+        if g_mask is not None:
+            g_m = g_m + dot * sampler.bilinear(dy, dx)
+        if g_offset is not None:
+            g_y = g_y + dot * ((lx if dx else 1 - lx) * (1 if dy else -1))
+            g_x = g_x + dot * ((ly if dy else 1 - ly) * (1 if dx else -1))
+    if g_offset is not None:
+        if masked:
+            g_y, g_x = g_y * sampler.mask, g_x * sampler.mask
+        g_offset.copy_(torch.stack((g_y, g_x), -1).permute(1, 0, 3, 4, 2).reshape(
+            g_offset.shape))
+    if g_mask is not None:
+        g_mask.copy_(g_m.permute(1, 0, 3, 2).reshape(g_mask.shape))
 
 
 @torch.library.custom_op(

@@ -233,7 +233,9 @@ def train(spec_or_graph, data: str | Dataset | None = None, *, out: str | Path |
                 _deterministic(config.deterministic):
             torch.manual_seed(config.seed)
             model = build(graph)
-            return _Loop(graph, model, dataset, info, config, run, device, ddp, progress).run(state)
+            result = _Loop(graph, model, dataset, info, config, run, device, ddp, progress).run(state)
+        ddp.barrier()  # no rank tears the process group down while another still talks to it
+        return result
     finally:
         if ddp.owned:
             dist.destroy_process_group()
