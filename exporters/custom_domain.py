@@ -181,25 +181,25 @@ def DeformConvLegacy(X: FLOAT, W: FLOAT, offset: FLOAT, B: FLOAT, mask: FLOAT,
 
 @script(_cg, default_opset=op)
 def LRNWithinChannel(X: FLOAT, size: int, alpha: float, beta: float) -> FLOAT:
-    """x * exp(-beta * log d), d = Conv(zero-padded x^2 planes, kernel alpha/size^2, bias 1).
+    """x * exp(-beta * log d), d = Conv(zero-padded x^2 volume, kernel alpha/size^2, bias 1).
 
     The window side is only an attribute, so the padding ((size-1)/2 each side) and the
-    size x size kernel are built as runtime tensors from it: one Conv does the window sum, the
-    scale and the +1 over (N*C, 1, H, W) planes.
+    1 x size x size kernel are built as tensors from it; onnxruntime folds them into constants.
+    x^2 is viewed as a one-channel (N, 1, C, H, W) volume, so one 3-D Conv does the window sum,
+    the scale and the +1 for every channel with no runtime shape arithmetic (Shape nodes would
+    be placed on the CPU by the CUDA provider).
     """
     one = op.Constant(value_ints=[1])
     side = op.Reshape(op.Constant(value_int=size), one)
     half = op.Div(op.Sub(side, one), op.Constant(value_ints=[2]))
-    zeros2 = op.Constant(value_ints=[0, 0])
-    pads = op.Concat(zeros2, half, half, zeros2, half, half, axis=0)
+    zeros3 = op.Constant(value_ints=[0, 0, 0])
+    pads = op.Concat(zeros3, half, half, zeros3, half, half, axis=0)
     scale = op.Div(op.Constant(value_float=alpha), op.Cast(op.Mul(side, side), to=1))
-    kernel = op.Expand(op.CastLike(scale, X), op.Concat(op.Constant(value_ints=[1, 1]), side, side,
-                                                        axis=0))
+    kernel = op.Expand(op.CastLike(scale, X),
+                       op.Concat(op.Constant(value_ints=[1, 1, 1]), side, side, axis=0))
     bias = op.CastLike(op.Constant(value_floats=[1.0]), X)
-    planes = op.Reshape(op.Mul(X, X), op.Concat(op.Constant(value_ints=[-1, 1]),
-                                                op.Shape(X, start=2), axis=0))
-    denom = op.Conv(op.Pad(planes, pads), kernel, bias)
-    denom = op.Reshape(denom, op.Shape(X))
+    volume = op.Unsqueeze(op.Mul(X, X), one)
+    denom = op.Squeeze(op.Conv(op.Pad(volume, pads), kernel, bias), one)
     exponent = op.CastLike(op.Neg(op.Constant(value_float=beta)), X)
     return op.Mul(X, op.Exp(op.Mul(op.Log(denom), exponent)))  # d >= 1; faster than Pow
 

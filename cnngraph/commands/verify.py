@@ -23,6 +23,9 @@ def register(subparsers) -> None:
     p.add_argument("--against", required=True, metavar="SPEC_OR_NAME_OR_RUN_DIR",
                    help="what it was exported from (with the same --weights / --seed)")
     add_weight_options(p)
+    p.add_argument("--placement", choices=["cpu", "cuda"],
+                   help="also report the execution provider of every node on this device and "
+                        "fail (exit 2) when a compute node would run elsewhere")
     p.set_defaults(func=run)
 
 
@@ -73,4 +76,8 @@ def run(args) -> int:
         print(f"FAIL: worst relative error {worst:.3e} > {tolerance:g}")
         return 1
     print(f"PASS: worst relative error {worst:.3e} <= {tolerance:g}")
+    if args.placement:
+        from ..runtime import check_placement
+
+        print(check_placement(args.model, args.placement).table())
     return 0
