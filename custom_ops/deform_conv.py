@@ -12,26 +12,30 @@ group g, mask (N, og·kH·kW, oH, oW), bias (M). Groups and offset groups (og) f
 shapes. Samples are bilinear; neighbours outside the image count as zero.
 
 How it runs (the same code on every device): the batch is cut into chunks whose im2col buffer
-(C·kH·kW·oH·oW elements per image) fits IM2COL_BUDGET_BYTES. Per chunk, the four bilinear corners
-of every sample are gathered from a zero-bordered, channels-last copy of the input (one
-index_select per corner, rows of contiguous channels), weighted and summed into the im2col
-matrix, which one (batched, per group) matmul turns into the output. The backward pass is
-written out: the same gathers, a scatter-add for the input gradient, and the derivative of the
-bilinear weights for the offsets. float16/bfloat16 inputs are computed in float32.
+(C·kH·kW·oH·oW elements per image) fits IM2COL_BUDGET_BYTES. Bilinear sampling is linear in the
+input, so per chunk it is one sparse matrix S (four bilinear weights per sample, see _Sampler)
+applied to a zero-bordered, channels-last copy of the input: one sparse matmul builds the im2col
+matrix (gathers and weighted sum fused), one dense matmul per group turns it into the output.
+The backward pass is written out: S^T (built by sorting S's entries) scatters the im2col
+gradient into the input gradient, a sampled matmul gives the gradient of every entry of S, and
+the derivative of the bilinear weights turns those into offset and mask gradients.
+float16/bfloat16 inputs are computed in float32.
 """
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-#: Upper bound on one im2col-sized buffer (bytes); the batch is chunked to stay within it
-#: (one image at least). The forward pass holds two such buffers at once, the backward pass
-#: three. Kept modest on purpose: buffers this size are recycled by the allocator and stay
-#: cache-friendlier, which measured faster on CPU than one buffer for the whole batch.
+#: Upper bound on the im2col buffer of one batch chunk (bytes); the batch is chunked to stay
+#: within it (one image at least). Forward and backward each hold one such buffer, reused by
+#: every chunk, plus the chunk's sampling matrix (at most as large). Kept small on purpose: a
+#: chunk that stays in cache measured faster on CPU than larger ones (8 MiB: one 64-channel
+#: 56×56 image).
 IM2COL_BUDGET_BYTES = 8 * 2**20
 
 Pair = int | Sequence[int]
@@ -91,9 +95,10 @@ def _compute_dtype(t: Tensor) -> torch.dtype:
 
 
 class _Plan:
-    """Shapes of one call. The channels are cut into B blocks of `unit` channels, the largest run
-    inside one conv group and one offset group: conv group g owns blocks
-    [g·per_group, (g+1)·per_group), and block b samples with offset group b // per_offset_group."""
+    """Shapes of one call. The channels are cut into B blocks of `unit` channels, the largest
+    run inside one conv group and one offset group: conv group g owns blocks
+    [g·per_group, (g+1)·per_group), and block b samples with offset group
+    b // per_offset_group."""
 
     def __init__(self, input: Tensor, offset: Tensor, weight: Tensor, oh: int, ow: int):
         _, c, self.h, self.w = input.shape
@@ -117,36 +122,37 @@ class _Plan:
         return max(1, min(n, IM2COL_BUDGET_BYTES // max(cols, entries)))
 
     def weight_blocks(self, weight: Tensor) -> Tensor:
-        """(M, C/g, kH, kW) -> (g, per_group, taps·unit, M/g): each block's input channels
-        against its conv group's outputs, rows in the im2col column order (tap, channel)."""
+        """(M, C/g, kH, kW) -> (g, per_group, M/g, taps·unit): each block's input channels
+        against its conv group's outputs, columns in the im2col column order (tap, channel)."""
         w = weight.reshape(self.groups, self.m // self.groups, self.per_group, self.unit,
                            self.taps)
-        return w.permute(0, 2, 4, 3, 1).reshape(self.groups, self.per_group,
-                                                self.taps * self.unit, -1)
+        return w.permute(0, 2, 1, 4, 3).reshape(self.groups, self.per_group,
+                                                self.m // self.groups, -1)
 
 
 def _source(x: Tensor, unit: int) -> Tensor:
-    """(n, C, H, W) -> (B·n·(H+2)·(W+2), unit): per channel block, the pixels of the
+    """(n, C, H, W) -> (n·B·(H+2)·(W+2), unit): per image and channel block, the pixels of the
     zero-bordered input as rows of `unit` channels (out-of-image samples read the border)."""
     n, c, h, w = x.shape
     padded = F.pad(x, (1, 1, 1, 1)).view(n, c // unit, unit, (h + 2) * (w + 2))
-    return padded.permute(1, 0, 3, 2).reshape(-1, unit)
+    return padded.transpose(2, 3).reshape(-1, unit)
 
 
 def _unsource(rows: Tensor, n: int, c: int, h: int, w: int) -> Tensor:
     """Inverse layout of _source, border dropped."""
     unit = rows.shape[1]
-    padded = rows.view(c // unit, n, (h + 2) * (w + 2), unit).permute(1, 0, 3, 2)
+    padded = rows.view(n, c // unit, (h + 2) * (w + 2), unit).transpose(2, 3)
     return padded.reshape(n, c, h + 2, w + 2)[:, :, 1:-1, 1:-1]
 
 
 class _Sampler:
     """The bilinear sampling of one batch chunk as a sparse matrix S.
 
-    Row (b, p, k) of S holds the four bilinear weights (times the mask) of tap k at output
-    position p, in the columns of the four corner pixels of block b's rows in the source. So
-    S @ source is the im2col matrix, (B, P, taps·unit), in one sparse matmul (the gathers and the
-    weighted sum fused), and S^T @ d(im2col) is the scatter-add of the input gradient."""
+    Row (image, b, p, k) of S holds the four bilinear weights (times the mask) of tap k at
+    output position p, in the columns of the four corner pixels of that image and block in the
+    source. So S @ source is the im2col matrix, (n, B, L, taps·unit), in one sparse matmul (the
+    gathers and the weighted sum fused), and S^T @ d(im2col) is the scatter-add of the input
+    gradient."""
 
     def __init__(self, offset: Tensor, mask: Tensor | None, plan: _Plan, stride, padding,
                  dilation):
@@ -159,61 +165,73 @@ class _Sampler:
         out_x = torch.arange(ow, device=dev, dtype=dt) * stride[1] - padding[1]
         base_y = (out_y[:, None, None] + tap_y).expand(oh, ow, taps).reshape(length, taps)
         base_x = (out_x[None, :, None] + tap_x).expand(oh, ow, taps).reshape(length, taps)
-        # Everything below is laid out (og, n, L, taps[, corner]).
-        off = offset.view(n, og, taps, 2, length).permute(3, 1, 0, 4, 2)
-        # Clamped so far-away samples stay in int64 range and land on the zero border.
+        # Everything below is laid out (n, og, L, taps[, corner]).
+        off = offset.view(n, og, taps, 2, length).permute(3, 0, 1, 4, 2)
+        # Clamped so far-away samples stay in index range and land on the zero border.
         y = (off[0] + base_y).clamp_(-2, h + 1)
         x = (off[1] + base_x).clamp_(-2, w + 1)
         y0, x0 = y.floor(), x.floor()
-        self.ly, self.lx = y - y0, x - x0
-        self.mask = None if mask is None else mask.view(n, og, taps, length).permute(1, 0, 3, 2)
-        y0, x0 = y0.long(), x0.long()
-        image = torch.arange(n, device=dev).view(1, n, 1, 1) * plan.plane
-        pixel = torch.stack([((y0 + dy).clamp_(-1, h) + 1) * (w + 2)
-                             + (x0 + dx).clamp_(-1, w) + 1 + image
-                             for dy, dx in _CORNERS], -1)
-        weight = torch.stack([self.bilinear(dy, dx) for dy, dx in _CORNERS], -1)
+        ly, lx = y - y0, x - x0
+        # Bilinear weights per axis, first dim (floor, floor + 1); a corner's is their product.
+        # (Corner dims lead while computing: a broadcast over a tiny last dim is slow on CPU.)
+        self.wy, self.wx = torch.stack((1 - ly, ly)), torch.stack((1 - lx, lx))
+        self.mask = None if mask is None else mask.view(n, og, taps, length).transpose(2, 3)
+        # int32 indices sort and multiply faster; int64 only for chunks too large for them.
+        entries = n * plan.blocks * length * taps * 4
+        index = torch.int32 if max(entries, n * plan.blocks * plan.plane) < 2**31 else torch.int64
+        # Source pixel rows/columns of the corners (the zero border is row/column -1 and H/W).
+        rows = (torch.stack((y0, y0 + 1)).to(index).clamp_(-1, h) + 1) * (w + 2)
+        columns = torch.stack((x0, x0 + 1)).to(index).clamp_(-1, w) + 1
+        # The four corners, ordered (dy, dx) = (0, 0), (0, 1), (1, 0), (1, 1).
+        pixel = (rows[:, None] + columns[None, :]).flatten(0, 1)
+        weight = (self.wy[:, None] * self.wx[None, :]).flatten(0, 1)
         if self.mask is not None:
-            weight *= self.mask[..., None]
+            weight *= self.mask
         if plan.per_offset_group > 1:  # blocks of one offset group share its entries
             which = torch.arange(plan.blocks, device=dev) // plan.per_offset_group
-            pixel, weight = pixel[which], weight[which]
-        rows = n * plan.plane  # source rows per block
-        shift = torch.arange(plan.blocks, device=dev).view(-1, 1, 1, 1, 1) * rows
-        self.columns = (pixel + shift).view(-1)
-        self.values = weight.view(-1)
-        self.size = (self.columns.numel() // 4, plan.blocks * rows)
-        self.crow = torch.arange(0, self.columns.numel() + 1, 4, device=dev)
-
-    def bilinear(self, dy: int, dx: int) -> Tensor:
-        """The corner's bilinear weight, (og, n, L, taps)."""
-        wy = self.ly if dy else 1 - self.ly
-        wx = self.lx if dx else 1 - self.lx
-        return wy * wx
+            pixel, weight = pixel[:, :, which], weight[:, :, which]
+        # The source rows of (image, block) start at (image·B + block)·plane.
+        start = torch.arange(0, n * plan.blocks * plan.plane, plan.plane, device=dev,
+                             dtype=index).view(n, -1, 1, 1)
+        # Rows (image, block, p, k) of four entries each: the corner dim moves last.
+        self.columns = (pixel + start).movedim(0, -1).reshape(-1)
+        self.values = weight.movedim(0, -1).reshape(-1)
+        self.size = (self.columns.numel() // 4, n * plan.blocks * plan.plane)
+        self.crow = torch.arange(0, entries + 1, 4, device=dev, dtype=index)
 
     def matrix(self) -> Tensor:
-        return torch.sparse_csr_tensor(self.crow, self.columns, self.values, self.size,
-                                       check_invariants=False)
+        return _csr(self.crow, self.columns, self.values, self.size)
 
     def transposed(self) -> Tensor:
         """S^T as CSR, built by sorting the entries by column."""
         columns, order = torch.sort(self.columns)
         counts = torch.bincount(columns, minlength=self.size[1])
-        crow = torch.cat((counts.new_zeros(1), counts.cumsum(0)))
-        return torch.sparse_csr_tensor(crow, order // 4, self.values[order], self.size[::-1],
-                                       check_invariants=False)
+        crow = torch.cat((counts.new_zeros(1), counts.cumsum(0))).to(columns.dtype)
+        rows = order.to(columns.dtype) // 4
+        return _csr(crow, rows, self.values[order], self.size[::-1])
 
 
-_CORNERS = ((0, 0), (0, 1), (1, 0), (1, 1))  # (dy, dx) of the four bilinear neighbours
+def _csr(crow: Tensor, columns: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
+    """A sparse CSR matrix, without torch's warning that CSR tensors are "in beta" (the few CSR
+    ops used here, matmul and sampled matmul, are checked by the tests)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(crow, columns, values, size, check_invariants=False)
+
+
+def _sparse_mm(sparse: Tensor, dense: Tensor, out: Tensor) -> None:
+    """out = sparse @ dense, as addmm with beta=0 (out's old contents, NaN included, are
+    ignored): on CPU this skips the zero fill that torch.mm(..., out=out) does first."""
+    torch.addmm(out, sparse, dense, beta=0, out=out)
 
 
 def _forward(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None,
              mask: Tensor | None, stride, padding, dilation) -> Tensor:
-    groups, og, oh, ow = _check(input, offset, weight, bias, mask, stride, padding, dilation)
+    groups, _, oh, ow = _check(input, offset, weight, bias, mask, stride, padding, dilation)
     plan = _Plan(input, offset, weight, oh, ow)
     n, c, dtype, m, length = input.shape[0], input.shape[1], plan.dtype, plan.m, oh * ow
     blocks = plan.weight_blocks(weight.to(dtype))
-    out = input.new_empty((n, m, oh, ow))
+    out = input.new_empty((n, m, oh, ow), dtype=dtype)
     step = plan.chunk_size(n)
     space = input.new_empty(step * length * plan.taps * c, dtype=dtype)  # reused im2col buffer
     for b in range(0, n, step):
@@ -221,13 +239,17 @@ def _forward(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None,
         sampler = _Sampler(offset[b:e].to(dtype), None if mask is None else mask[b:e].to(dtype),
                            plan, stride, padding, dilation)
         cols = space[:(e - b) * length * plan.taps * c].view(-1, plan.unit)
-        torch.mm(sampler.matrix(), _source(input[b:e].to(dtype), plan.unit), out=cols)
-        # (g, per_group, P, taps·unit) @ (g, per_group, taps·unit, M/g), summed over blocks.
-        res = torch.matmul(cols.view(groups, plan.per_group, (e - b) * length, -1), blocks)
-        res = res.sum(1) if plan.per_group > 1 else res[:, 0]
-        res = res.view(groups, e - b, length, -1).permute(1, 0, 3, 2).reshape(e - b, m, oh, ow)
-        out[b:e] = res if bias is None else res + bias.to(dtype)[:, None, None]
-    return out
+        _sparse_mm(sampler.matrix(), _source(input[b:e].to(dtype), plan.unit), cols)
+        # (g, per_group, M/g, taps·unit) @ (n, g, per_group, taps·unit, L), summed over blocks.
+        cols = cols.view(e - b, groups, plan.per_group, length, -1).transpose(3, 4)
+        res = out[b:e].view(e - b, groups, m // groups, length)
+        if plan.per_group > 1:
+            torch.sum(torch.matmul(blocks, cols), 2, out=res)
+        else:
+            torch.matmul(blocks[:, 0], cols[:, :, 0], out=res)
+        if bias is not None:
+            out[b:e] += bias.to(dtype)[:, None, None]
+    return out.to(input.dtype)
 
 
 def _backward(grad: Tensor, input: Tensor, offset: Tensor, weight: Tensor, mask: Tensor | None,
@@ -243,8 +265,7 @@ def _backward(grad: Tensor, input: Tensor, offset: Tensor, weight: Tensor, mask:
     n, c, h, w = input.shape
     oh, ow = grad.shape[2:]
     plan = _Plan(input, offset, weight, oh, ow)
-    dtype, groups, og, taps = plan.dtype, plan.groups, plan.og, plan.taps
-    length = oh * ow
+    dtype, groups, taps, length = plan.dtype, plan.groups, plan.taps, oh * ow
     blocks = plan.weight_blocks(weight.to(dtype))
     g_input = torch.empty_like(input, dtype=dtype) if need_input else None
     g_offset = torch.empty_like(offset, dtype=dtype) if need_offset else None
@@ -255,14 +276,13 @@ def _backward(grad: Tensor, input: Tensor, offset: Tensor, weight: Tensor, mask:
     for b in range(0, n, step):
         e = min(n, b + step)
         k = e - b
-        cols = space[:k * length * taps * c].view(groups, plan.per_group, k * length, -1)
+        cols = space[:k * length * taps * c].view(k, groups, plan.per_group, length, -1)
         src = _source(input[b:e].to(dtype), plan.unit)
         sampler = _Sampler(offset[b:e].to(dtype), None if mask is None else mask[b:e].to(dtype),
                            plan, stride, padding, dilation)
-        g_out = grad[b:e].to(dtype).reshape(k, groups, 1, -1, length).permute(1, 2, 0, 4, 3)
-        g_out = g_out.reshape(groups, 1, k * length, -1)  # (g, 1, P, M/g)
+        g_out = grad[b:e].to(dtype).reshape(k, groups, 1, -1, length)  # (n, g, 1, M/g, L)
         if need_input or need_offset or need_mask:
-            torch.matmul(g_out, blocks.transpose(2, 3), out=cols)
+            torch.matmul(g_out.transpose(3, 4), blocks, out=cols)  # d(im2col), (n, B, L, ·)
             g_cols = cols.view(-1, plan.unit)
             if need_input:
                 g_input[b:e] = _unsource(sampler.transposed() @ g_cols, k, c, h, w)
@@ -272,12 +292,12 @@ def _backward(grad: Tensor, input: Tensor, offset: Tensor, weight: Tensor, mask:
                                    g_offset[b:e] if need_offset else None,
                                    g_mask[b:e] if need_mask else None)
         if need_weight:
-            torch.mm(sampler.matrix(), src, out=cols.view(-1, plan.unit))
-            g_blocks += torch.matmul(cols.transpose(2, 3), g_out)
+            _sparse_mm(sampler.matrix(), src, cols.view(-1, plan.unit))
+            g_blocks += torch.matmul(g_out, cols).sum(0)
     g_weight = None
     if need_weight:
-        g_weight = g_blocks.view(groups, plan.per_group, taps, plan.unit, -1)
-        g_weight = g_weight.permute(0, 4, 1, 3, 2).reshape(weight.shape).to(weight.dtype)
+        g_weight = g_blocks.view(groups, plan.per_group, -1, taps, plan.unit)
+        g_weight = g_weight.permute(0, 2, 1, 4, 3).reshape(weight.shape).to(weight.dtype)
     return (None if g_input is None else g_input.to(input.dtype),
             None if g_offset is None else g_offset.to(offset.dtype),
             g_weight,
@@ -287,25 +307,23 @@ def _backward(grad: Tensor, input: Tensor, offset: Tensor, weight: Tensor, mask:
 def _offset_mask_grads(d_entry: Tensor, sampler: _Sampler, plan: _Plan, k: int, masked: bool,
                        g_offset: Tensor | None, g_mask: Tensor | None) -> None:
     """Offset and mask gradients of one chunk (written into g_offset, g_mask) from the
-    gradients of the sampling matrix entries, d_entry: (B, n, L, taps, 4)."""
-    # Blocks of one offset group add up: (og, n, L, taps, corner).
-    d_entry = d_entry.view(plan.og, plan.per_offset_group, k, -1, plan.taps, 4).sum(1)
-    g_y = g_x = g_m = 0
-    ly, lx = sampler.ly, sampler.lx
-    for i, (dy, dx) in enumerate(_CORNERS):
-        dot = d_entry[..., i]  # the gradient of the corner's weight bilinear · mask
-        if g_mask is not None:
-            g_m = g_m + dot * sampler.bilinear(dy, dx)
-        if g_offset is not None:
-            g_y = g_y + dot * ((lx if dx else 1 - lx) * (1 if dy else -1))
-            g_x = g_x + dot * ((ly if dy else 1 - ly) * (1 if dx else -1))
-    if g_offset is not None:
-        if masked:
-            g_y, g_x = g_y * sampler.mask, g_x * sampler.mask
-        g_offset.copy_(torch.stack((g_y, g_x), -1).permute(1, 0, 3, 4, 2).reshape(
-            g_offset.shape))
+    gradients of the sampling matrix entries (n, B, L, taps, 4): an entry is
+    wy[dy]·wx[dx]·mask, with wy = (1 - ly, ly) and ly = y - floor(y), so d/dy moves through
+    wy only, as (-1, +1)."""
+    # Blocks of one offset group add up; corner dims first: (dy, dx, n, og, L, taps).
+    d = d_entry.view(k, plan.og, plan.per_offset_group, -1, plan.taps, 2, 2).sum(2)
+    d = d.permute(4, 5, 0, 1, 2, 3).contiguous()
+    wy, wx = sampler.wy, sampler.wx
     if g_mask is not None:
-        g_mask.copy_(g_m.permute(1, 0, 3, 2).reshape(g_mask.shape))
+        g_m = (d * wy[:, None] * wx[None, :]).sum((0, 1))
+        g_mask.copy_(g_m.transpose(2, 3).reshape(g_mask.shape))
+    if g_offset is not None:
+        g_y = ((d[1] - d[0]) * wx).sum(0)
+        g_x = ((d[:, 1] - d[:, 0]) * wy).sum(0)
+        g_yx = torch.stack((g_y, g_x))
+        if masked:
+            g_yx *= sampler.mask
+        g_offset.copy_(g_yx.permute(1, 2, 4, 0, 3).reshape(g_offset.shape))
 
 
 @torch.library.custom_op(
