@@ -165,7 +165,7 @@ class _Sampler:
         out_x = torch.arange(ow, device=dev, dtype=dt) * stride[1] - padding[1]
         base_y = (out_y[:, None, None] + tap_y).expand(oh, ow, taps).reshape(length, taps)
         base_x = (out_x[None, :, None] + tap_x).expand(oh, ow, taps).reshape(length, taps)
-        # Everything below is laid out (n, og, L, taps[, corner]).
+        # Everything below is laid out ([corner dims,] n, og, L, taps).
         off = offset.view(n, og, taps, 2, length).permute(3, 0, 1, 4, 2)
         # Clamped so far-away samples stay in index range and land on the zero border.
         y = (off[0] + base_y).clamp_(-2, h + 1)
