@@ -45,6 +45,21 @@ def test_idx_folder_raw_and_gz(tmp_path, rng):
     np.testing.assert_array_equal(ds.y_val, [9, 2])
 
 
+def test_idx_images_and_labels_each_raw_or_gz(tmp_path, rng):
+    x = rng.integers(0, 256, (4, 6, 6), dtype=np.uint8)
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(x)))
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(idx_bytes(np.array([2, 0, 1, 2])))
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(idx_bytes(x[:2]))
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(np.ones(2))))
+    ds = load_data(tmp_path, (1, 6, 6))
+    np.testing.assert_array_equal(ds.y_train, [2, 0, 1, 2])
+    np.testing.assert_array_equal(ds.y_val, [1, 1])
+    (tmp_path / "train-labels-idx1-ubyte").unlink()
+    with pytest.raises(DataError, match="no labels file train-labels-idx1-ubyte or "
+                                        "train-labels-idx1-ubyte.gz"):
+        load_data(tmp_path, (1, 6, 6))
+
+
 def test_idx_single_file_gets_seeded_split(tmp_path, rng):
     x = rng.integers(0, 256, (20, 4, 4), dtype=np.uint8)
     y = np.arange(20, dtype=np.uint8) % 10
@@ -194,8 +209,13 @@ def test_fit_resizes_bilinear():
 def test_fit_rejects_bad_channels_and_labels(rng):
     ds = glyphs(train=4, val=2)
     ds.x_train = rng.integers(0, 256, (4, 3, 32, 32), dtype=np.uint8)
-    with pytest.raises(DataError, match="3 channels but the spec's input has 1"):
+    with pytest.raises(DataError, match="3 channels but the spec's input has 1; convert them "
+                                        "to 1-channel images"):
         fit(ds, (1, 32, 32), 10)
+    negative = glyphs(train=4, val=2)
+    negative.y_val = np.array([0, -1])
+    with pytest.raises(DataError, match="labels must be class indices ≥ 0, found -1"):
+        fit(negative, (1, 32, 32), 10)
     with pytest.raises(DataError, match="labels run from 0 to 9 but the spec has 5 classes"):
         fit(glyphs(train=20, val=10), (1, 32, 32), 5)
 
@@ -206,9 +226,13 @@ def test_bad_sources(tmp_path):
     (tmp_path / "data.csv").write_text("1,2,3\n")
     with pytest.raises(DataError, match="unknown dataset format"):
         load_data(tmp_path / "data.csv", (1, 32, 32))
-    (tmp_path / "bad.npz").write_bytes(b"garbage")
-    with pytest.raises(DataError, match="cannot read .npz"):
+    (tmp_path / "bad.npz").write_text("x,y\n1,2\n")
+    with pytest.raises(DataError, match="not an .npz archive"):
         load_data(tmp_path / "bad.npz", (1, 32, 32))
+    np.savez(tmp_path / "floaty.npz", x=np.zeros((4, 4, 4)), y=np.array([0.0, 1.0, 2.0, 0.0]))
+    with pytest.raises(DataError, match=r"'y' holds float64 values; labels must be integers.*"
+                                        r"y\.astype\(int\)"):
+        load_data(tmp_path / "floaty.npz", (1, 4, 4))
     np.savez(tmp_path / "nox.npz", images=np.zeros((2, 4, 4)))
     with pytest.raises(DataError, match="needs arrays 'x' and 'y'"):
         load_data(tmp_path / "nox.npz", (1, 32, 32))

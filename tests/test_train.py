@@ -141,11 +141,21 @@ def test_stop_mid_epoch_then_resume_is_exact(reference, files, tmp_path, monkeyp
     monkeypatch.undo()
     state = read_checkpoint(tmp_path / "checkpoint.pt")
     assert (state["epoch"], state["step"]) == (1, 7)  # 13 steps per epoch
-    with pytest.raises(CnnGraphError, match="started with epochs=3"):
+    with pytest.raises(CnnGraphError, match="started with --epochs 3.*with --epochs 5 into a "
+                                            "new --out"):
         train(spec, data, out=tmp_path, resume=True, progress=False, epochs=5)
     result = train(spec, data, out=tmp_path, resume=True, progress=False)
     assert_same_weights(weights(tmp_path), weights(reference[0]))
     assert result["best_val_accuracy"] == reference[1]["best_val_accuracy"]
+    # speed counts each epoch's steps run in its process: 13 x 16 images, and for the resumed
+    # epoch 2 only steps 8..13 (6 x 16); the summary totals the rows
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    images = [r["images_per_second"] * r["train_seconds"] for r in rows]
+    assert images == pytest.approx([208, 96, 208])
+    assert all(r["train_seconds"] <= r["seconds"] for r in rows)
+    assert result["seconds"] == pytest.approx(sum(r["seconds"] for r in rows))
+    assert result["images_per_second"] == pytest.approx(
+        512 / sum(r["train_seconds"] for r in rows))
 
 
 def _cli(*args: str, **kw) -> subprocess.Popen:
@@ -187,6 +197,7 @@ def test_ctrl_c_then_kill_9_then_resume(reference, files, tmp_path):
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == 130, err
     assert "checkpoint saved" in err
+    assert f"continue with: cnngraph train {spec} --resume --out {run}" in err, err
     stopped = read_checkpoint(run / "checkpoint.pt")
     assert stopped["step"] > 0  # inside an epoch
 
@@ -249,6 +260,20 @@ def test_bad_inputs(files, tmp_path, capsys):
     _bad([str(spec), "--data", str(tmp_path / "rgb.npz")], capsys,
          "images have 3 channels but the spec's input has 1", out)
     _bad([str(spec), "--data", str(data), "--resume"], capsys, "no run to resume", out)
+    (tmp_path / "afile").write_text("")
+    _bad([str(spec), "--data", str(data)], capsys, "this is a file, not a directory",
+         tmp_path / "afile")
+    _bad([str(spec), "--data", str(data)], capsys, "cannot create the run directory",
+         tmp_path / "afile" / "run")
+
+
+def test_pickled_checkpoint_is_refused_in_one_plain_line(tmp_path):
+    torch.save({"model": Output("fc", "fc")}, tmp_path / "checkpoint.pt")  # a class: needs pickle
+    with pytest.raises(CnnGraphError) as info:
+        read_checkpoint(tmp_path / "checkpoint.pt")
+    message = str(info.value)
+    assert "holds pickled Python objects" in message
+    assert "\x1b" not in message and len(message.splitlines()) == 1
 
 
 def test_resume_with_another_spec_is_refused(files, tmp_path, capsys):
@@ -260,6 +285,8 @@ def test_resume_with_another_spec_is_refused(files, tmp_path, capsys):
     other.write_text(yaml.safe_dump({**TINY, "name": "other"}))
     assert main(["train", str(other), "--data", str(data), "--out", str(tmp_path),
                  "--resume"]) == 2
-    assert "trained from another spec" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"was trained from spec 'tiny', not from 'other'; resume it with `cnngraph train " \
+           f"{tmp_path / 'spec.yaml'} --resume --out {tmp_path}`" in err, err
     assert main(["train", str(spec), "--data", str(data), "--out", str(tmp_path)]) == 2
     assert "already holds a run" in capsys.readouterr().err

@@ -55,7 +55,10 @@ def check(dataset: Dataset, input_shape: tuple[int, int, int], num_classes: int)
     names for every output; else a DataError naming the fix. Pixels are left as stored."""
     source = dataset.source
     for y in (dataset.y_train, dataset.y_val):
-        if len(y) and (y.min() < 0 or y.max() >= num_classes):
+        if len(y) and y.min() < 0:
+            raise DataError(f"{source}: labels must be class indices ≥ 0, found {y.min()}; "
+                            "number the classes 0, 1, 2, …")
+        if len(y) and y.max() >= num_classes:
             raise DataError(f"{source}: labels run from {y.min()} to {y.max()} but the spec has "
                             f"{num_classes} classes; choose a spec with at least {y.max() + 1} "
                             "outputs")
@@ -64,7 +67,8 @@ def check(dataset: Dataset, input_shape: tuple[int, int, int], num_classes: int)
     c, channels = input_shape[0], dataset.x_train.shape[1]
     if channels not in (c, 1):
         raise DataError(f"{source}: images have {channels} channels but the spec's input has "
-                        f"{c}; convert the images (only 1 → {c} replication is automatic)")
+                        f"{c}; convert them to {c}-channel images (only 1-channel images are "
+                        "replicated to C channels automatically)")
     classes = list(dataset.classes) + [str(i) for i in range(len(dataset.classes), num_classes)]
     return replace(dataset, classes=classes[:num_classes])
 

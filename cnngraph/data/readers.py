@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -43,9 +44,12 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def _idx_pair(images: Path) -> tuple[np.ndarray, np.ndarray]:
-    labels = images.with_name(images.name.replace("images-idx3", "labels-idx1"))
-    if not labels.exists():
-        raise DataError(f"{images}: no labels file {labels.name} next to it")
+    name = images.name.removesuffix(".gz")
+    stem = name.replace("images-idx3", "labels-idx1").replace("images.idx3", "labels.idx1")
+    labels = next((images.with_name(n) for n in (stem, stem + ".gz")
+                   if images.with_name(n).exists()), None)
+    if labels is None:
+        raise DataError(f"{images}: no labels file {stem} or {stem}.gz next to it")
     x, y = read_idx(images), read_idx(labels)
     if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
         raise DataError(f"{images}: expected images (N, H, W) and labels (N,), got "
@@ -210,14 +214,19 @@ def _nchw(x: np.ndarray, path: Path, key: str) -> np.ndarray:
 
 
 def _labels(y: np.ndarray, n: int, path: Path, key: str) -> np.ndarray:
-    if y.ndim != 1 or len(y) != n or not (np.issubdtype(y.dtype, np.integer)
-                                         or np.all(np.mod(y, 1) == 0)):
-        raise DataError(f"{path}: '{key}' must hold {n} integer labels, got {y.dtype} {y.shape}")
+    if y.ndim != 1 or len(y) != n:
+        raise DataError(f"{path}: '{key}' must hold {n} labels (shape ({n},)), got {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{path}: '{key}' holds {y.dtype} values; labels must be integers "
+                        f"(class indices): save them with {key}.astype(int)")
     return y.astype(np.int64)
 
 
 def read_npz(path: Path, val_fraction: float) -> Dataset:
     """Arrays x, y and optionally x_val, y_val and classes (a list of names)."""
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path}: not an .npz archive (write one with numpy.savez(path, x=..., "
+                        "y=...))")
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}

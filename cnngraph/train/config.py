@@ -63,6 +63,11 @@ def resumed_config(saved: dict, options: dict, run_dir: str) -> TrainConfig:
         if value is None or name in RUNTIME_OPTIONS:
             continue
         old = getattr(config, name)
+        if name == "epochs" and value != old:
+            raise CnnGraphError(f"{run_dir}: this run was started with --epochs {old}, and its "
+                                "learning-rate schedule ends there, so a resume cannot change "
+                                "it; drop --epochs to resume it, or train a new run with "
+                                f"--epochs {value} into a new --out directory")
         if (tuple(value) if name == "augment" else value) != old:
             raise CnnGraphError(f"{run_dir}: this run was started with {name}={old!r}, not "
                                 f"{value!r}; drop the option to resume it, or train into a new "

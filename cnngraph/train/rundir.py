@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,18 @@ def write_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """The checkpoint, loaded with weights_only (no code from the file runs); our own one-line
+    message for a file that needs more (torch's is long and holds terminal escape codes)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CnnGraphError(f"{path}: holds pickled Python objects beyond tensors and plain "
+                            "containers, which are not loaded (they could run code); it was "
+                            "not written by `cnngraph train`") from None
+    except (OSError, RuntimeError, EOFError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        raise CnnGraphError(f"{path}: cannot read the checkpoint ({reason}); it is damaged, "
+                            "train into a new --out") from None
 
 
 def write_metrics(path: Path, history: list[dict]) -> None:

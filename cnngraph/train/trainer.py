@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -152,8 +153,7 @@ class _Progress:
 
     epoch: int = 0
     step: int = 0  # next step inside `epoch`
-    sums: dict = field(default_factory=lambda: {"loss": 0.0, "top1": 0.0, "seen": 0.0,
-                                                "seconds": 0.0})
+    sums: dict = field(default_factory=lambda: {"loss": 0.0, "top1": 0.0, "seen": 0.0})
     history: list = field(default_factory=list)
     best: dict = field(default_factory=lambda: {"val_top1": -1.0, "epoch": 0})
 
@@ -169,6 +169,9 @@ def _prepare_run_dir(graph: Graph, out, resume: bool, options: dict,
         stamp = ddp.broadcast(datetime.now().strftime("%Y%m%d-%H%M%S"))
         out = Path("runs") / f"{graph.name}-{stamp}"
     run = Path(out)
+    if run.exists() and not run.is_dir():
+        raise CnnGraphError(f"--out {run}: this is a file, not a directory; give a directory "
+                            "for the run (it is created when missing)")
     if not resume:
         if (run / rd.CONFIG).exists():
             raise CnnGraphError(f"{run} already holds a run; add --resume to continue it, or "
@@ -176,12 +179,19 @@ def _prepare_run_dir(graph: Graph, out, resume: bool, options: dict,
         return run, TrainConfig(**{k: v for k, v in options.items() if v is not None}), None
     if not (run / rd.CONFIG).exists() or not (run / rd.SPEC).exists():
         raise CnnGraphError(f"{run}: no run to resume here (no {rd.CONFIG} / {rd.SPEC})")
-    if not _same_network(load(rd.read_spec(run / rd.SPEC)), graph):
-        raise CnnGraphError(f"{run} was trained from another spec than '{graph.name}'; resume "
-                            "it with the spec in its spec.yaml, or train into a new --out")
+    trained = load(rd.read_spec(run / rd.SPEC))
+    if not _same_network(trained, graph):
+        raise CnnGraphError(f"{run} was trained from spec '{trained.name}', not from "
+                            f"'{graph.name}'; resume it with "
+                            f"`{_resume_command(run / rd.SPEC, run)}`, or train into a new --out")
     config = resumed_config(rd.read_json(run / rd.CONFIG), options, str(run))
     state = rd.read_checkpoint(run / rd.CHECKPOINT) if (run / rd.CHECKPOINT).exists() else None
     return run, config, state
+
+
+def _resume_command(spec, run: Path) -> str:
+    """The command line that continues the run in `run` from `spec` (as the user named it)."""
+    return f"cnngraph train {shlex.quote(str(spec))} --resume --out {shlex.quote(str(run))}"
 
 
 def _same_network(a: Graph, b: Graph) -> bool:
@@ -233,7 +243,9 @@ def train(spec_or_graph, data: str | Dataset | None = None, *, out: str | Path |
                 _deterministic(config.deterministic):
             torch.manual_seed(config.seed)
             model = build(graph)
-            result = _Loop(graph, model, dataset, info, config, run, device, ddp, progress).run(state)
+            spec_arg = spec_or_graph if isinstance(spec_or_graph, (str, Path)) else run / rd.SPEC
+            loop = _Loop(graph, model, dataset, info, config, run, device, ddp, progress)
+            result = loop.run(state, _resume_command(spec_arg, run))
         ddp.barrier()  # no rank tears the process group down while another still talks to it
         return result
     finally:
@@ -251,7 +263,11 @@ def _info(graph: Graph, dataset: Dataset) -> dict:
 
 def _write_run_header(run: Path, graph: Graph, config: TrainConfig, info: dict,
                       resume: bool) -> None:
-    run.mkdir(parents=True, exist_ok=True)
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CnnGraphError(f"--out {run}: cannot create the run directory "
+                            f"({exc.strerror}); choose a writable place") from None
     for stale in run.glob(".*.tmp"):  # half-written by a killed run: never read, removed
         stale.unlink()
     if not resume:
@@ -313,6 +329,9 @@ class _Loop:
                                                            _schedule(config, self.steps))
         self.amp_dtype = _amp_dtype(config, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+        # this process's share of the current epoch (not checkpointed): a resumed epoch's
+        # speed counts only the steps run since resuming
+        self.timed = {"images": 0.0, "seconds": 0.0}
 
     # --- batches --------------------------------------------------------------------------
     def _inputs(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -351,11 +370,12 @@ class _Loop:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        sums = state["sums"] if self.ddp.main else {k: 0.0 for k in state["sums"]}
-        return _Progress(state["epoch"], state["step"], dict(sums), state["history"], state["best"])
+        sums = {k: float(state["sums"][k]) if self.ddp.main else 0.0 for k in _Progress().sums}
+        return _Progress(state["epoch"], state["step"], sums, state["history"], state["best"])
 
     # --- epochs ---------------------------------------------------------------------------
-    def run(self, state: dict | None) -> dict:
+    def run(self, state: dict | None, resume_hint: str) -> dict:
+        """Train to the configured end; on Ctrl-C, checkpoint and print `resume_hint`."""
         p = self._restore(state) if state else _Progress()
         flags = {"stop": False}
         epochs_bar = tqdm(total=self.config.epochs, initial=p.epoch, desc=self.graph.name,
@@ -367,7 +387,7 @@ class _Loop:
                     self._save(p)
                     if self.show:
                         print(f"stopped: checkpoint saved at epoch {p.epoch + 1} step {p.step} "
-                              f"in {self.run_dir}; continue with --resume --out {self.run_dir}",
+                              f"in {self.run_dir}; continue with: {resume_hint}",
                               file=sys.stderr)
                     raise KeyboardInterrupt
                 self._end_epoch(p)
@@ -414,13 +434,12 @@ class _Loop:
             due = time.monotonic() - last_save > self.config.checkpoint_minutes * 60
             stop, save = self._agree(flags["stop"], due)
             if stop:
-                p.sums["seconds"] += time.monotonic() - started
                 bar.close()
                 return False
             if save and p.step < self.steps:
                 self._save(p)
                 last_save = time.monotonic()
-        p.sums["seconds"] += time.monotonic() - started
+        self.timed = {"images": seen_here, "seconds": time.monotonic() - started}
         bar.close()
         return True
 
@@ -454,13 +473,14 @@ class _Loop:
     def _end_epoch(self, p: _Progress) -> None:
         started = time.monotonic()
         val_loss, val_top1, val_top5 = self.evaluate()
-        loss, top1, seen = self.ddp.all_sum([p.sums[k] for k in ("loss", "top1", "seen")],
-                                            self.device)
-        train_seconds = p.sums["seconds"]
+        loss, top1, seen, images = self.ddp.all_sum(
+            [*(p.sums[k] for k in ("loss", "top1", "seen")), self.timed["images"]], self.device)
+        train_seconds = self.timed["seconds"]
         row = {"epoch": p.epoch + 1, "train_loss": loss / seen, "train_top1": top1 / seen,
                "val_loss": val_loss, "val_top1": val_top1, "val_top5": val_top5,
                "lr": self.optimizer.param_groups[0]["lr"],
-               "images_per_second": seen / max(train_seconds, 1e-9),
+               "images_per_second": images / max(train_seconds, 1e-9),
+               "train_seconds": train_seconds,
                "seconds": train_seconds + time.monotonic() - started}
         p.history.append(row)
         improved = val_top1 > p.best["val_top1"]
@@ -484,9 +504,14 @@ class _Loop:
                        file=sys.stderr)
 
     def _result(self, p: _Progress) -> dict:
+        """The run's summary; seconds and images/s total the epochs' rows (the work done,
+        each step counted once, time lost to an interruption not counted)."""
         last = p.history[-1]
+        seconds = [row.get("train_seconds", row["seconds"]) for row in p.history]  # older runs
+        train_seconds = sum(seconds)
+        images = sum(row["images_per_second"] * t for row, t in zip(p.history, seconds))
         return {"run_dir": str(self.run_dir), "best_val_accuracy": p.best["val_top1"],
                 "best_epoch": p.best["epoch"], "final_val_accuracy": last["val_top1"],
                 "final_val_top5": last["val_top5"], "epochs": len(p.history),
                 "seconds": sum(row["seconds"] for row in p.history),
-                "images_per_second": last["images_per_second"]}
+                "images_per_second": images / max(train_seconds, 1e-9)}
