@@ -13,6 +13,7 @@ from typing import Mapping
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper
 
@@ -30,25 +31,30 @@ IGNORED_KEYS = ("num_batches_tracked",)  # BatchNorm's step counter: not a weigh
 OLDEST_OPSET = 13  # Split with sizes as an input, per-axis Softmax; custom ops need 19
 
 
-def export_onnx(graph: Graph, module_or_state_dict: torch.nn.Module | Mapping, path: str | os.PathLike,
-                *, opset: int | None = None, dynamic_batch: bool = True, batch_size: int = 1,
+def export_onnx(graph: Graph | str | os.PathLike | dict,
+                module_or_state_dict: torch.nn.Module | Mapping, path: str | os.PathLike, *,
+                opset: int | None = None, dynamic_batch: bool = True, batch_size: int = 1,
                 fp16: bool = False, keep_aux: bool = False, deform_body: str = "native",
                 ) -> onnx.ModelProto:
     """Write `graph` with the given weights to `path` as ONNX and return the model.
 
-    The weights are `cnngraph.build(graph)`'s state_dict (or that module). `dynamic_batch`
+    `graph` is a cnngraph Graph, or anything `cnngraph.load` takes (zoo name, spec path or
+    dict). The weights are `cnngraph.build(graph)`'s state_dict (or that module). `dynamic_batch`
     False fixes the batch to `batch_size`. `fp16` stores weights and computes in float16 (inputs
     and outputs stay float32). `keep_aux` keeps training-only outputs (auxiliary heads).
     """
     if deform_body not in DEFORM_BODIES:
         raise ExportError(f"deform_body must be one of {', '.join(DEFORM_BODIES)}, got {deform_body!r}")
+    given_graph = isinstance(graph, Graph)
+    if not given_graph:
+        graph = _load_graph(graph)
     opset = opset or default_opset()
-    if not OLDEST_OPSET <= opset <= onnx.defs.onnx_opset_version():
-        raise ExportError(f"opset {opset} is outside what this exporter writes "
-                          f"({OLDEST_OPSET}..{onnx.defs.onnx_opset_version()})")
+    if not OLDEST_OPSET <= opset <= default_opset():
+        raise ExportError(f"opset {opset} is outside what this exporter writes and the installed "
+                          f"onnxruntime {ort.__version__} runs ({OLDEST_OPSET}..{default_opset()})")
     state = state_arrays(module_or_state_dict)
-    if not isinstance(module_or_state_dict, torch.nn.Module):  # a module fits by construction
-        check_weights(graph, state)
+    if not (given_graph and isinstance(module_or_state_dict, torch.nn.Module)):
+        check_weights(graph, state)  # a module built from the Graph given fits by construction
     model = to_onnx(graph, state, opset=opset, batch=BATCH if dynamic_batch else batch_size,
                     keep_aux=keep_aux, deform_body=deform_body)
     if fp16:
@@ -57,16 +63,31 @@ def export_onnx(graph: Graph, module_or_state_dict: torch.nn.Module | Mapping, p
     return model
 
 
+def _load_graph(source) -> Graph:
+    if not isinstance(source, (str, os.PathLike, dict)):
+        raise TypeError(f"export_onnx needs a cnngraph Graph (cnngraph.load(...)), a zoo name, "
+                        f"a spec path or a spec dict; got {type(source).__name__}")
+    import cnngraph
+
+    return cnngraph.load(source)
+
+
 def state_arrays(weights: torch.nn.Module | Mapping) -> dict[str, np.ndarray]:
-    """float32 NumPy copies of a state_dict (or a module's), BatchNorm counters left out."""
+    """float32 NumPy copies of a state_dict (or a module's), BatchNorm counters left out;
+    integer or boolean tensors are refused (a weight silently cast from them is not a weight)."""
     if isinstance(weights, torch.nn.Module):
         weights = weights.state_dict()
-    out = {}
+    out, not_float = {}, []
     for key, value in weights.items():
         if key.endswith(IGNORED_KEYS):
             continue
         array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+        if not np.issubdtype(array.dtype, np.floating):
+            not_float.append(f"{key} ({array.dtype})")
         out[key] = array.astype(np.float32, copy=False)
+    if not_float:
+        raise ExportError("the weights hold non-floating tensors: " + ", ".join(not_float)
+                          + "; weights must be float16/32/64 (are these the right weights?)")
     return out
 
 
@@ -94,8 +115,9 @@ def check_weights(graph: Graph, state: Mapping[str, np.ndarray],
         parts = [f"{label}: {', '.join(keys)}" for label, keys in
                  (("missing", missing), ("unexpected", extra), ("mis-shaped", wrong)) if keys]
         raise ExportError(f"the weights do not match the spec '{graph.name}' -- "
-                          + "; ".join(parts) + ". Use the weights of a run of this spec, or "
-                          "export without --weights for a seeded random initialisation")
+                          + "; ".join(parts) + ". Use weights trained from this spec, or none for a "
+                          "random initialisation (the command line: leave out --weights; "
+                          "Python: export the module cnngraph.build(graph) makes)")
 
 
 def to_onnx(graph: Graph, state: dict[str, np.ndarray], *, opset: int, batch: int | str,

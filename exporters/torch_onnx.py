@@ -15,6 +15,8 @@ import torch
 from onnxscript import opset19 as op
 from onnxscript.values import Op, Opset
 
+from cnngraph.errors import ExportError
+
 from .custom_domain import DOMAIN, VERSION, attach_functions
 from .opset import default_opset, ir_version_for
 from .writer import save_model
@@ -71,6 +73,9 @@ def torch_onnx_export(module: torch.nn.Module, args: tuple, path: str | os.PathL
     """`torch.onnx.export(dynamo=True)` with the cnngraph translations, then the function
     bodies attached and the IR version set for onnxruntime; written atomically to `path`."""
     opset = opset or default_opset()
+    if opset > default_opset():
+        raise ExportError(f"opset {opset} is newer than the installed onnxruntime runs "
+                          f"(up to {default_opset()})")
     if dynamic_batch:
         batch = torch.export.Dim("batch")
         kwargs.setdefault("dynamic_shapes", tuple({0: batch} for _ in args))

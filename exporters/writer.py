@@ -10,6 +10,8 @@ from pathlib import Path
 import onnx
 from onnx import helper
 
+from cnngraph.errors import ExportError
+
 # a protobuf message cannot reach 2 GiB; keep a margin for the graph itself
 EXTERNAL_DATA_THRESHOLD = 2 * 1024 ** 3 - 64 * 1024 ** 2
 
@@ -27,8 +29,14 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
     2 GB of weights go to `<name>.data` beside the model (external data), renamed first.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    if path.is_dir():
+        raise ExportError(f"{path} is a folder; give the file to write, e.g. {path / 'model.onnx'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    except OSError as exc:  # a parent that is a file, no permission, read-only disk
+        reason = _blocking_file(path.parent) or exc.strerror
+        raise ExportError(f"cannot write {path}: {reason}") from None
     try:
         if weight_bytes(model) > EXTERNAL_DATA_THRESHOLD:
             copy = onnx.ModelProto()
@@ -43,3 +51,11 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path
+
+
+def _blocking_file(folder: Path) -> str | None:
+    """'X is a file, not a folder' for the first ancestor of `folder` that is a file."""
+    for parent in reversed([folder, *folder.parents]):
+        if parent.exists() and not parent.is_dir():
+            return f"{parent} is a file, not a folder"
+    return None

@@ -218,7 +218,79 @@ def test_export_and_verify_commands(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "batch 1" in out and "batch 3" in out and "PASS" in out
     assert cli(["verify", str(path), "--against", "lenet5", "--seed", "4"]) == 1  # other weights
+    assert "hint: weights differ?" in capsys.readouterr().out
     assert cli(["export", "lenet5", "-o", str(path), "--weights", str(tmp_path / "none.pt")]) == 2
+
+
+def test_a_static_batch_is_verified_at_its_size(tmp_path, capsys):
+    path = tmp_path / "b2.onnx"
+    assert cli(["export", "lenet5", "-o", str(path), "--static-batch", "2"]) == 0
+    assert cli(["verify", str(path), "--against", "lenet5"]) == 0
+    out = capsys.readouterr().out
+    assert "batch 2" in out and "batch 1" not in out and "skipped" not in out
+    assert cli(["verify", str(path), "--against", "lenet5", "--seed", "1"]) == 1  # it compares
+
+
+def test_command_user_errors_are_one_line(tmp_path, capsys):
+    lenet = tmp_path / "lenet5.onnx"
+    assert cli(["export", "lenet5", "-o", str(lenet)]) == 0
+    capsys.readouterr()
+
+    def error(*argv) -> str:
+        assert cli(list(argv)) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err
+        return err
+
+    assert "(1, 32, 32)" in error("verify", str(lenet), "--against", "resnet18")  # other input
+    garbage = tmp_path / "bad.onnx"
+    garbage.write_text("garbage\n")
+    assert "not an ONNX model" in error("verify", str(garbage), "--against", "lenet5")
+    newer = onnx.load(str(lenet))  # IR 14 / opset 28: newer than onnxruntime 1.31 loads
+    newer.ir_version, newer.opset_import[0].version = 14, 28
+    onnx.save(newer, str(tmp_path / "newer.onnx"))
+    assert "cannot load" in error("verify", str(tmp_path / "newer.onnx"), "--against", "lenet5")
+
+    newest = max(o for o in range(13, onnx.defs.onnx_opset_version() + 1) if _ort_loads_opset(o))
+    assert f"..{newest})" in error("export", "lenet5", "-o", str(tmp_path / "n.onnx"),
+                                   "--opset", str(newest + 1))
+    assert "is a folder" in error("export", "lenet5", "-o", str(tmp_path))
+    assert "is a file, not a folder" in error("export", "lenet5", "-o", str(lenet / "x.onnx"))
+
+    weights = tmp_path / "ints.safetensors"
+    from safetensors.torch import save_file
+
+    graph, module = build("lenet5")
+    save_file({k: v.to(torch.int64) if k == "c1.weight" else v
+               for k, v in module.state_dict().items()}, str(weights))
+    assert "c1.weight (int64)" in error("export", "lenet5", "-o", str(tmp_path / "i.onnx"),
+                                        "--weights", str(weights))
+
+
+def _ort_loads_opset(opset: int) -> bool:
+    """An independent probe: onnxruntime loads a one-Relu model of `opset` at onnx's IR."""
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
+    model.ir_version = onnx.helper.find_min_ir_version_for(list(model.opset_import))
+    try:
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception:
+        return False
+    return True
+
+
+def test_python_api_takes_a_zoo_name_and_says_what_it_expects(tmp_path):
+    graph, module = build("lenet5")
+    export_onnx("lenet5", module, tmp_path / "n.onnx")
+    x = np.random.default_rng(7).standard_normal((2, 1, 32, 32), dtype=np.float32)
+    assert_matches(run_onnx(tmp_path / "n.onnx", x), run_torch(module, x))
+    with pytest.raises(TypeError, match="cnngraph Graph"):
+        export_onnx(42, module, tmp_path / "t.onnx")
+    _, other = build("resnet18")
+    with pytest.raises(ExportError, match="leave out --weights.*Python"):
+        export_onnx("lenet5", other, tmp_path / "o.onnx")  # a module of another spec
 
 
 def test_big_models_use_external_data(tmp_path, monkeypatch):
@@ -254,6 +326,23 @@ def test_export_from_a_training_run_directory(tmp_path):
     assert cli(["verify", str(path), "--against", str(run)]) == 0
 
 
+def test_a_run_without_best_weights_exports_its_last_ones_and_says_so(tmp_path, capsys):
+    from cnngraph.train import rundir
+
+    graph, module = build("lenet5", seed=6)
+    run = tmp_path / "run"
+    run.mkdir()
+    rundir.write_spec(run / rundir.SPEC, graph.spec)
+    rundir.write_json(run / rundir.INFO, {"classes": [str(i) for i in range(10)],
+                                          "normalize": {"mean": [0.5], "std": [0.5]}})
+    rundir.write_weights(run / rundir.LAST, module.state_dict())
+    path = tmp_path / "last.onnx"
+    assert cli(["export", str(run), "-o", str(path)]) == 0
+    assert f"using its last weights, {rundir.LAST}" in capsys.readouterr().out
+    x = np.random.default_rng(8).standard_normal((2, 1, 32, 32), dtype=np.float32)
+    assert_matches(run_onnx(path, x), run_torch(module, x))
+
+
 def test_keep_aux_exports_the_auxiliary_heads(tmp_path):
     graph, module = build("googlenet")
     path = tmp_path / "aux.onnx"
@@ -264,3 +353,9 @@ def test_keep_aux_exports_the_auxiliary_heads(tmp_path):
     with torch.no_grad():  # every head, with inference-mode batch norm and dropout
         expected = {k: v.numpy() for k, v in module.forward_train(torch.from_numpy(x)).items()}
     assert_matches(got, expected)
+
+    from safetensors.torch import save_file  # `verify` checks the aux heads too
+
+    save_file(module.state_dict(), str(tmp_path / "w.safetensors"))
+    assert cli(["verify", str(path), "--against", "googlenet",
+                "--weights", str(tmp_path / "w.safetensors")]) == 0

@@ -48,15 +48,19 @@ def run(args) -> int:
 
 
 def resolve(source: str, weights: Path | None, seed: int):
-    """(graph, module) for a source: a run directory gives its spec and best weights; else the
-    spec (file or zoo name) with `weights`, or a random initialisation seeded by `seed`."""
+    """(graph, module) for a source: a run directory gives its spec and best weights (its last
+    ones, said on stdout, before an epoch has finished); else the spec (file or zoo name) with
+    `weights`, or a random initialisation seeded by `seed`."""
     import cnngraph
 
     run_dir = Path(source)
     if run_dir.is_dir():
-        from ..train.rundir import load_run
+        from ..train.rundir import BEST, LAST, load_run
 
         graph, state, _ = load_run(run_dir)
+        if not weights and not (run_dir / BEST).exists():
+            print(f"note: {run_dir} has no {BEST} yet (no epoch has finished); "
+                  f"using its last weights, {LAST}")
     else:
         graph, state = cnngraph.load(source), None
     if weights:

@@ -1,5 +1,6 @@
 """`cnngraph verify model.onnx --against SOURCE`: onnxruntime against PyTorch on the same random
-inputs, at batch 1 and 3; exit 1 when an output differs by more than the tolerance."""
+inputs, at batch 1 and 3 (or the model's fixed batch); exit 1 when an output differs by more
+than the tolerance."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,7 +14,8 @@ from .export import add_weight_options, resolve
 # max |onnx - torch| / max |torch| per output: float32 exports agree to rounding; float16
 # weights and compute keep about 3 significant digits
 TOLERANCE = {"float32": 1e-4, "float16": 1e-2}
-BATCHES = (1, 3)
+BATCHES = (1, 3)  # for a symbolic batch; a fixed one is tested at its size
+WEIGHTS_DIFFER = 0.1  # a relative error this large is other weights, not rounding
 
 
 def register(subparsers) -> None:
@@ -31,38 +33,43 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     import onnx
-    import onnxruntime as ort
 
     if not args.model.is_file():
         raise InputError(f"{args.model}: no such model file")
+    model = read_model(args.model)
     graph, module = resolve(args.against, args.weights, args.seed)
-    model = onnx.load_model(str(args.model), load_external_data=False)
+    (feed,) = model.graph.input
+    dims = [d.dim_value if d.HasField("dim_value") else d.dim_param
+            for d in feed.type.tensor_type.shape.dim]
+    if tuple(dims[1:]) != tuple(graph.input_shape):
+        raise InputError(f"{args.model} takes input {tuple(dims[1:])} but {args.against} takes "
+                         f"{tuple(graph.input_shape)}: {args.against} is probably not what was "
+                         "exported; verify against the export's source")
+    session = open_session(args.model)
     precision = "float16" if any(t.data_type == onnx.TensorProto.FLOAT16
                                  for t in model.graph.initializer) else "float32"
     tolerance = TOLERANCE[precision]
-    session = ort.InferenceSession(str(args.model), providers=["CPUExecutionProvider"])
-    (feed,) = session.get_inputs()
     names = [o.name for o in session.get_outputs()]
+    # with --keep-aux the file has the training-only heads too: forward_train on the module in
+    # eval mode computes every head with inference batch norm and no dropout
+    aux = set(names) - {o.name for o in graph.active_outputs(False)}
+    forward = module.forward_train if aux and hasattr(module, "forward_train") else module
+    batches = (dims[0],) if isinstance(dims[0], int) and dims[0] > 0 else BATCHES
     rng = np.random.default_rng(args.seed)
     worst = 0.0
     print(f"{args.model} ({precision}) against {args.against}: max |onnx - torch|, and that "
           f"divided by max |torch|; tolerance {tolerance:g} relative")
-    for batch in BATCHES:
-        shape = (batch, *graph.input_shape)
-        fixed = feed.shape[0]
-        if isinstance(fixed, int) and fixed != batch:
-            print(f"  batch {batch}: skipped (the model's batch is fixed to {fixed})")
-            continue
-        x = rng.standard_normal(shape, dtype=np.float32)
+    for batch in batches:
+        x = rng.standard_normal((batch, *graph.input_shape), dtype=np.float32)
         got = dict(zip(names, session.run(names, {feed.name: x})))
         with torch.no_grad():
-            expected = module(torch.from_numpy(x))
+            expected = forward(torch.from_numpy(x))
         if not isinstance(expected, dict):
             expected = {names[0]: expected}
         for name in names:
             if name not in expected:
                 raise InputError(f"output '{name}' of {args.model} is not an output of "
-                                 f"{args.against} in inference; is it the right source?")
+                                 f"{args.against}; is it the right source?")
             ref = expected[name].numpy()
             if ref.shape != got[name].shape:
                 raise InputError(f"output '{name}': onnx shape {got[name].shape} vs torch "
@@ -74,6 +81,8 @@ def run(args) -> int:
             print(f"  batch {batch}  {name:<16} max abs {abs_err:.3e}  rel {rel_err:.3e}  {verdict}")
     if worst > tolerance:
         print(f"FAIL: worst relative error {worst:.3e} > {tolerance:g}")
+        if worst > WEIGHTS_DIFFER:
+            print("hint: weights differ? export and verify must use the same --weights/--seed")
         return 1
     print(f"PASS: worst relative error {worst:.3e} <= {tolerance:g}")
     if args.placement:
@@ -81,3 +90,33 @@ def run(args) -> int:
 
         print(check_placement(args.model, args.placement).table())
     return 0
+
+
+def read_model(path: Path) -> onnx.ModelProto:
+    """The model's graph (weights stay on disk), or one InputError for a file that is not a
+    single-input ONNX model."""
+    import onnx
+
+    try:
+        model = onnx.load_model(str(path), load_external_data=False)
+    except Exception:  # protobuf's DecodeError and friends: the bytes are not a ModelProto
+        model = None
+    if model is None or not model.graph.output:
+        raise InputError(f"{path}: not an ONNX model file (write one with `cnngraph export`)")
+    if len(model.graph.input) != 1:
+        raise InputError(f"{path}: verify compares single-input models; this one has "
+                         f"{len(model.graph.input)} inputs")
+    return model
+
+
+def open_session(path: Path):
+    """A CPU onnxruntime session, or one InputError saying why onnxruntime refuses the file
+    (an opset or IR version newer than it runs, an op it lacks)."""
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's error classes are not exported
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise InputError(f"{path}: onnxruntime {ort.__version__} cannot load it ({reason}); "
+                         "re-export it with this installation's `cnngraph export`") from None
