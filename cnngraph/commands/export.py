@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import pickle
 from pathlib import Path
 
 import torch
@@ -86,6 +87,10 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # weights_only refused a class: the file holds more than tensors
+        raise ExportError(f"{path}: holds pickled Python objects, which are never loaded; save a "
+                          "state_dict of tensors (safetensors, or torch.save(model.state_dict()))"
+                          ) from None
     except Exception as exc:  # a corrupt or foreign file: say which and why, in one line
         raise ExportError(f"{path}: cannot read weights ({exc.__class__.__name__}: "
                           f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'})") from None
