@@ -35,7 +35,7 @@ from exporters import export_onnx  # noqa: E402
 from exporters.torch_onnx import torch_onnx_export  # noqa: E402
 
 TARGETS = {"resnet18": 2.0, "densenet121": 2.2, "googlenet": 2.0, "alexnet_tv": 1.3}
-ROUNDS = 3   # each engine is timed this many times (the two exports in alternating order); best p50 counts
+ROUNDS = 3   # rounds per engine (the two exports in alternating order); the best p50 counts
 
 
 def zoo_names() -> list[str]:
@@ -58,19 +58,20 @@ def bench_model(name: str, folder: Path, seconds: float) -> dict:
     t1 = time.perf_counter()
     torch_onnx_export(module, (torch.from_numpy(x),), dynamo, verbose=False)
     t2 = time.perf_counter()
-    sessions = {"ours": Predictor(ours, "cpu", cache=False), "dynamo": Predictor(dynamo, "cpu", cache=False)}
     xt = torch.from_numpy(x)
+    timing = dict(budget_s=seconds, max_runs=200, min_runs=5, warmup=3)
+    # eager first, before any onnxruntime session exists: onnxruntime's worker threads spin
+    # after each run and would take the cores from PyTorch's threads (see runtime/benchmark.py)
     with torch.inference_mode():
         reference = module(xt)
         reference = (next(iter(reference.values())) if isinstance(reference, dict) else reference).numpy()
-    best = {"eager": np.inf, "ours": np.inf, "dynamo": np.inf}
-    timing = dict(budget_s=seconds, max_runs=200, min_runs=5, warmup=3)
+        best = {"eager": measure(lambda: module(xt), 1, "eager", rounds=ROUNDS, **timing).p50_ms,
+                "ours": np.inf, "dynamo": np.inf}
+    sessions = {"ours": Predictor(ours, "cpu", cache=False), "dynamo": Predictor(dynamo, "cpu", cache=False)}
     for round in range(ROUNDS):
-        with torch.inference_mode():
-            best["eager"] = min(best["eager"], measure(lambda: module(xt), 1, "eager", **timing).p50_ms)
         for key in ("ours", "dynamo") if round % 2 == 0 else ("dynamo", "ours"):
             p = sessions[key]
-            best[key] = min(best[key], measure(lambda: p.run(x), 1, key, **timing).p50_ms)
+            best[key] = min(best[key], measure(lambda: p.run(x), 1, key, rounds=1, **timing).p50_ms)
     scale = max(float(np.abs(reference).max()), 1e-12)   # random-init nets can have huge logits
     err = {k: float(np.abs(p.run(x)[0] - reference).max()) / scale for k, p in sessions.items()}
     return {"model": name, "eager_ms": best["eager"], "ort_ms": best["ours"],
@@ -87,6 +88,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     names = args.models.split(",") if args.models else zoo_names()
+    torch.set_num_threads(physical_cores())   # onnxruntime's CPU sessions use the same count
     print(f"{platform.processor() or platform.machine()}, {physical_cores()} physical cores, "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads), onnxruntime "
           f"{ort.__version__}, batch 1, CPU provider; load average before: "

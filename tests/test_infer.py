@@ -31,8 +31,11 @@ def expected_top(x: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
 
 
 def normalised(pixels: np.ndarray) -> np.ndarray:
-    """uint8 (N, 3, H, W) -> what the model sees, computed here without the runtime."""
-    return ((pixels / 255.0 - np.array(MEAN)[:, None, None]) / np.array(STD)[:, None, None]).astype(np.float32)
+    """uint8 pixels or floats in [0, 1] (N, 3, H, W) -> what the model sees, by training's rule
+    (cnngraph/data/dataset.py: uint8 / 255, floats as given, then (x - mean) / std), computed
+    here without the runtime."""
+    x = pixels / 255.0 if pixels.dtype == np.uint8 else pixels.astype(np.float64)
+    return ((x - np.array(MEAN)[:, None, None]) / np.array(STD)[:, None, None]).astype(np.float32)
 
 
 def infer_json(capsys, *args) -> list[dict]:
@@ -74,7 +77,17 @@ def test_npy_float_and_npz_uint8(model, tmp_path, capsys):
     np.savez(tmp_path / "p.npz", x=pixels, y=np.zeros(2))
     result = infer_json(capsys, model, tmp_path / "x.npy", tmp_path / "p.npz", "--batch-size", "2")
     assert [r["input"] for r in result] == ["x.npy[0]", "x.npy[1]", "x.npy[2]", "p.npz[0]", "p.npz[1]"]
-    check(result, np.concatenate([x, normalised(pixels)]), 5)
+    check(result, np.concatenate([normalised(x), normalised(pixels)]), 5)
+
+
+def test_uint8_pixels_and_the_same_floats_predict_the_same(model, tmp_path, capsys):
+    pixels = np.random.default_rng(7).integers(0, 256, (2, 3, 8, 8), dtype=np.uint8)
+    np.save(tmp_path / "u8.npy", pixels)
+    np.save(tmp_path / "f32.npy", pixels.astype(np.float32) / 255)
+    from_uint8 = infer_json(capsys, model, tmp_path / "u8.npy")
+    from_float = infer_json(capsys, model, tmp_path / "f32.npy")
+    check(from_uint8, normalised(pixels), 5)
+    check(from_float, normalised(pixels), 5)
 
 
 def test_text_output_and_written_outputs(model, tmp_path, capsys):
@@ -84,9 +97,9 @@ def test_text_output_and_written_outputs(model, tmp_path, capsys):
     assert main(["infer", str(model), str(tmp_path / "one.npy"), "--top-k", "1",
                  "--output", str(out), "--device", "cpu"]) == 0
     text = capsys.readouterr().out
-    (name, p), = expected_top(x[None], 1)[0]
+    (name, p), = expected_top(normalised(x[None]), 1)[0]
     assert text.startswith(f"one.npy: {name} {p:.3f}")
-    np.testing.assert_allclose(np.load(out)["logits"], reference(x[None]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.load(out)["logits"], reference(normalised(x[None])), rtol=1e-5, atol=1e-5)
 
 
 def test_fixed_batch_model_runs_in_padded_chunks(tmp_path, capsys):
@@ -105,6 +118,8 @@ def test_fixed_batch_model_runs_in_padded_chunks(tmp_path, capsys):
     (lambda d: (d / "bad.npy").write_bytes(b"junk"), "cannot read it as a NumPy file"),
     (lambda d: np.savez(d / "bad.npz", a=np.zeros(1), b=np.zeros(1)), "name the input array"),
     (lambda d: (d / "bad.txt").write_text("x"), "unsupported input file"),
+    (lambda d: np.save(d / "bad.npy", np.zeros((0, 3, 8, 8), np.float32)), "holds no samples"),
+    (lambda d: (d / "bad.d").mkdir(), "is a directory"),
     (lambda d: None, "no such file"),
 ])
 def test_bad_inputs_give_one_line(model, tmp_path, capsys, make, message):
@@ -113,3 +128,16 @@ def test_bad_inputs_give_one_line(model, tmp_path, capsys, make, message):
     assert main(["infer", str(model), str(target), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and err.startswith("cnngraph infer: error:")
+
+
+@pytest.mark.parametrize("args, message", [
+    (lambda d, m: [d / "spec.yaml", d / "x.npy"], "export it first with `cnngraph export"),
+    (lambda d, m: [m, d / "x.npy", "--output", d / "x.npy" / "o.npz"], "x.npy is a file, not a folder"),
+    (lambda d, m: [m, d / "x.npy", "--output", d], "is a directory"),
+])
+def test_bad_model_or_output_give_one_line(model, tmp_path, capsys, args, message):
+    np.save(tmp_path / "x.npy", np.zeros((3, 8, 8), np.float32))
+    (tmp_path / "spec.yaml").write_text("name: tiny\n")
+    assert main(["infer", *map(str, args(tmp_path, model)), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1

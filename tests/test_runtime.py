@@ -263,3 +263,71 @@ def test_placement_of_an_exported_cnngraph_function(tmp_path):
     assert body and len(body) % len(calls) == 0
     assert {n.op_type for n in body} <= {n.op_type for n in function.node}
     assert {n.provider for n in report.nodes} == {"CPUExecutionProvider"}
+
+
+def test_no_gpu_is_said_plainly(monkeypatch):
+    """Without a GPU the reason is "no CUDA GPU found", not a hint about missing libraries."""
+    from cnngraph.runtime import session
+    monkeypatch.setattr(session, "gpu_present", lambda: False)
+    session.cuda_status.cache_clear()
+    try:
+        ok, reason = session.cuda_status()
+    finally:
+        session.cuda_status.cache_clear()
+    assert not ok
+    assert reason in ("no CUDA GPU found", "this onnxruntime build has no CUDA provider (install onnxruntime-gpu)")
+
+
+class Tiny(torch.nn.Module):
+    """The tiny model in torch, from the same weights (the independent reference)."""
+
+    def forward(self, x):
+        h = 2 * F.relu(F.conv2d(x, torch.from_numpy(W1), torch.from_numpy(B1), padding=1))
+        return F.linear(h.mean(dim=(2, 3)), torch.from_numpy(FC), torch.from_numpy(FCB))
+
+
+def test_compare_times_eager_then_onnxruntime_with_parity(model):
+    from cnngraph.runtime.benchmark import compare
+    rows = compare(Tiny(), model, [1, 3], budget_s=0.03, min_runs=2, warmup=1)
+    assert [(r.engine, r.batch) for r in rows] == [("torch eager", 1), ("onnxruntime", 1),
+                                                   ("torch eager", 3), ("onnxruntime", 3)]
+    assert all(r.max_rel_err < 1e-5 for r in rows[1::2])
+    assert all(r.speedup == pytest.approx(e.p50_ms / r.p50_ms) for e, r in zip(rows[::2], rows[1::2]))
+
+
+def test_compare_names_the_batch_of_a_fixed_batch_model(tmp_path):
+    from cnngraph.runtime.benchmark import compare
+    fixed = write_model(tmp_path / "fixed.onnx", batch=2, out_shape=[2, 5])
+    with pytest.raises(InputError, match="--batch-sizes 2"):
+        compare(None, fixed, [1], budget_s=0.01)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seconds", "0"], "--seconds must be greater than 0"),
+    (["--weights", "{w}"], "mis-shaped"),
+])
+def test_bench_errors_are_one_line(tmp_path, capsys, args, message):
+    import cnngraph
+    from cnngraph.cli import main
+    from exporters import export_onnx
+    from safetensors.torch import save_file
+    graph = cnngraph.load("lenet5")
+    module = cnngraph.build(graph)
+    path = tmp_path / "l5.onnx"
+    export_onnx(graph, module, path)
+    state = {k: v.clone() for k, v in module.state_dict().items()}
+    first = next(k for k, v in state.items() if v.ndim == 4)
+    state[first] = torch.zeros(1, 1, 1, 1)
+    save_file(state, str(tmp_path / "w.safetensors"))
+    args = [a.format(w=tmp_path / "w.safetensors") for a in args]
+    assert main(["bench", str(path), "--batch-sizes", "1", "--device", "cpu", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert first in err or "--seconds" in args
+
+
+def test_bench_of_a_non_model_file_says_to_export(tmp_path, capsys):
+    from cnngraph.cli import main
+    (tmp_path / "w.pt").write_bytes(b"x")
+    assert main(["bench", str(tmp_path / "w.pt"), "--device", "cpu"]) == 2
+    assert "export it first with `cnngraph export`" in capsys.readouterr().err

@@ -13,7 +13,8 @@ import tempfile
 from pathlib import Path
 
 from ..errors import InputError
-from ..runtime.benchmark import compare, table
+from ..runtime.benchmark import busy_note, compare, table
+from ..runtime.predictor import SPEC_SUFFIXES
 from ..runtime.session import CUDA, resolve_device
 
 
@@ -56,19 +57,28 @@ def module_for_onnx(model: Path, weights: Path):
                          "bench it without --weights (onnxruntime only)")
     if not weights.is_file():
         raise InputError(f"{weights}: no such weights file")
-    module = cnngraph.build(cnngraph.load(json.loads(props["cnngraph.spec"])))
-    module.load_state_dict(read_weights(weights), strict=False)
+    from exporters.ir_export import check_weights, state_arrays
+    graph = cnngraph.load(json.loads(props["cnngraph.spec"]))
+    module = cnngraph.build(graph)
+    state = read_weights(weights)
+    check_weights(graph, state_arrays(state), built=module)   # one message listing every bad key
+    module.load_state_dict(state, strict=False)   # checked above; BN step counters optional
     return module.eval()
 
 
 def run(args) -> int:
     import torch
     sizes = batch_sizes(args.batch_sizes)
+    if not args.seconds > 0:
+        raise InputError(f"--seconds must be greater than 0, not {args.seconds}")
     device = "cuda" if resolve_device(args.device) == CUDA else "cpu"
     options = dict(device=device, fp16=args.fp16, compile=args.compile,
                    cuda_graph=args.cuda_graph, seed=args.seed, budget_s=args.seconds)
     source = Path(args.model)
-    if source.suffix == ".onnx":
+    if source.is_file() and source.suffix.lower() not in {".onnx", *SPEC_SUFFIXES}:
+        raise InputError(f"{source}: neither a spec (.yaml, .json) nor an exported model (.onnx); "
+                         "export it first with `cnngraph export`, or bench the spec")
+    if source.suffix.lower() == ".onnx":
         if not source.is_file():
             raise InputError(f"{source}: no such model file")
         module = module_for_onnx(source, args.weights) if args.weights else None
@@ -89,6 +99,8 @@ def run(args) -> int:
                           "torch_threads": torch.get_num_threads(),
                           "results": [r.as_dict() for r in rows]}, indent=1))
     else:
+        if note := busy_note():
+            print(note)
         print(f"{name} on {device} (fp16={args.fp16}, torch threads {torch.get_num_threads()})")
         print(table(rows))
     return 0

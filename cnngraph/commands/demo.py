@@ -4,6 +4,7 @@ validation samples on onnxruntime (preprocessed from the model's own metadata) a
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -43,7 +44,19 @@ def replace_earlier_demo(run_dir: Path) -> None:
     shutil.rmtree(run_dir)
 
 
+def process_age() -> float:
+    """Seconds since this process started (Linux: from /proc, so the interpreter's and the
+    libraries' start-up count too), else since the command began running."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")   # field 22: start time after boot
+        return float(Path("/proc/uptime").read_text().split()[0]) - started
+    except (OSError, ValueError, IndexError, AttributeError):
+        return 0.0
+
+
 def run(args) -> int:
+    started = time.perf_counter() - process_age()   # "done in": the whole command's wall time
     import torch
 
     import cnngraph
@@ -51,7 +64,7 @@ def run(args) -> int:
 
     from ..data import fit, glyphs
     from ..runtime import Predictor, normalize
-    from ..runtime.benchmark import compare, table
+    from ..runtime.benchmark import busy_note, compare, table
     from ..train import load_run, train
 
     if args.epochs < 1:
@@ -105,8 +118,10 @@ def run(args) -> int:
           f"torch {np.mean(torch_logits.argmax(1) == val.y_val):.3f}")
 
     print("\n[5/5] bench: PyTorch eager vs onnxruntime, same weights")
+    if note := busy_note():
+        print("      " + note)
     rows = compare(module, model_path, [1, 64], device="cuda" if predictor.provider.startswith("CUDA") else "cpu",
                    budget_s=0.3 if args.quick else 2.0)
     print("\n".join("      " + line for line in table(rows).splitlines()))
-    print(f"\ndone in {time.perf_counter() - t0:.0f} s. Next: cnngraph infer {model_path} IMAGE.png")
+    print(f"\ndone in {time.perf_counter() - started:.0f} s. Next: cnngraph infer {model_path} IMAGE.png")
     return 0 if verdict == "PASS" else 1

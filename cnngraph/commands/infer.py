@@ -69,6 +69,11 @@ def predict(predictor: Predictor, x: np.ndarray, batch_size: int) -> list[np.nda
 
 def save_outputs(path: Path, names: list[str], outputs: list[np.ndarray]) -> None:
     """Write the outputs as one .npz, atomically."""
+    if path.is_dir():
+        raise InputError(f"--output {path}: is a directory; give a file name such as {path / 'outputs.npz'}")
+    blocker = next((p for p in [path.parent, *path.parent.parents] if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise InputError(f"--output {path}: {blocker} is a file, not a folder")
     if not path.parent.is_dir():
         raise InputError(f"--output {path}: folder {path.parent} does not exist")
     fd, tmp = tempfile.mkstemp(suffix=".npz", dir=path.parent)

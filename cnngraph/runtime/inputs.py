@@ -5,7 +5,10 @@ Image rule (the same as training's image-folder reader, cnngraph/data/readers.py
 decodes the file, converts it to "L" (1 channel) or "RGB" (3 channels), resizes it bilinearly to
 H x W when its size differs, scales the pixels to [0, 1] and normalises them with the model's
 `cnngraph.normalize` mean and std. Arrays: uint8 arrays are pixels and get the same scaling and
-normalisation; float arrays are taken as ready model inputs. Both are (C, H, W) or (N, C, H, W).
+normalisation; float arrays are taken as pixels already in [0, 1] and get the same
+normalisation (training's rule, cnngraph/data/dataset.py: uint8 / 255, float as given, then
+(x - mean) / std), so a uint8 image and the same image as float32 / 255 predict the same.
+Both are (C, H, W) or (N, C, H, W).
 """
 from __future__ import annotations
 
@@ -94,6 +97,8 @@ def _as_batch(array: np.ndarray, where: str, expected: tuple[int, ...] | None) -
     if array.ndim != 4:
         raise InputError(f"{where}: expected an array of shape (C, H, W) or (N, C, H, W), got "
                          f"shape {array.shape}")
+    if len(array) == 0:
+        raise InputError(f"{where}: holds no samples (shape {array.shape})")
     if expected is not None and tuple(array.shape[1:]) != tuple(expected):
         raise InputError(f"{where}: each sample has shape {tuple(array.shape[1:])}, the model "
                          f"expects {tuple(expected)} (C, H, W)")
@@ -102,11 +107,9 @@ def _as_batch(array: np.ndarray, where: str, expected: tuple[int, ...] | None) -
 
 def _array_input(array: np.ndarray, where: str, meta: ModelMeta,
                  expected: tuple[int, ...] | None) -> np.ndarray:
-    if array.dtype == np.uint8:
-        return normalize(_as_batch(array, where, expected), meta)
-    if not np.issubdtype(array.dtype, np.floating):
+    if array.dtype != np.uint8 and not np.issubdtype(array.dtype, np.floating):
         raise InputError(f"{where}: dtype {array.dtype} is neither uint8 pixels nor floats")
-    return _as_batch(array, where, expected).astype(np.float32, copy=False)
+    return normalize(_as_batch(array, where, expected), meta)
 
 
 def load_inputs(paths: list[Path], meta: ModelMeta, input_name: str,
@@ -116,6 +119,8 @@ def load_inputs(paths: list[Path], meta: ModelMeta, input_name: str,
     batches, labels = [], []
     for path in paths:
         path = Path(path)
+        if path.is_dir():
+            raise InputError(f"{path}: is a directory; pass the image or array files in it")
         if not path.is_file():
             raise InputError(f"{path}: no such file")
         suffix = path.suffix.lower()

@@ -30,6 +30,7 @@ log = logging.getLogger("cnngraph.runtime")
 DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
           "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8,
           "tensor(bool)": np.bool_}
+SPEC_SUFFIXES = {".yaml", ".yml", ".json"}
 
 
 class Predictor:
@@ -40,6 +41,9 @@ class Predictor:
                  strict: bool = False, cache: bool = True, cuda: CudaOptions | None = None,
                  profile_dir: str | None = None, optimization: str = "all"):
         path = Path(model_path)
+        if path.is_dir() or path.suffix.lower() in SPEC_SUFFIXES:
+            raise InputError(f"{path}: not an exported model (.onnx); export it first with "
+                             f"`cnngraph export {path}`")
         if not path.is_file():
             raise InputError(f"{path}: no such model file")
         self.path, self.device_id, self.cuda_graph = path, device_id, cuda_graph

@@ -58,6 +58,8 @@ def cuda_status() -> tuple[bool, str]:
     session that reports the CUDA provider as in use."""
     if CUDA not in ort.get_available_providers():
         return False, "this onnxruntime build has no CUDA provider (install onnxruntime-gpu)"
+    if not gpu_present():
+        return False, "no CUDA GPU found"
     try:
         import torch  # a CUDA build of torch loads the CUDA/cuDNN libraries onnxruntime-gpu needs
         if torch.version.cuda and not torch.cuda.is_available():
@@ -78,8 +80,20 @@ def cuda_status() -> tuple[bool, str]:
     finally:
         ort.set_default_logger_severity(2)
     if not started:
-        return False, "onnxruntime could not start its CUDA provider (CUDA 13 / cuDNN 9 libraries missing?)"
+        return False, ("a GPU is present but onnxruntime could not start its CUDA provider "
+                       "(CUDA 13 / cuDNN 9 libraries missing?)")
     return True, "CUDA provider available"
+
+
+def gpu_present() -> bool:
+    """An NVIDIA GPU on this machine: torch sees one, or the driver made its device files."""
+    try:
+        import torch
+        if torch.cuda.is_available():
+            return True
+    except ImportError:
+        pass
+    return any(Path("/dev").glob("nvidia[0-9]*"))
 
 
 def physical_cores() -> int:
