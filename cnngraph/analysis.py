@@ -29,9 +29,10 @@ def error(node: Node, message: str) -> SpecError:
     return SpecError(message, file=file, line=line, path=None if node.op == "input" else node.name)
 
 
-def check_node(node: Node) -> None:
+def check_node(node: Node, exprs: dict[str, str] | None = None) -> None:
     """The op exists, its attributes are known, complete and valid (stored normalised, with the
-    defaults filled in), and it has an allowed number of inputs."""
+    defaults filled in), and it has an allowed number of inputs. `exprs`: the `$...` text of the
+    attributes written as expressions, named in messages."""
     if not isinstance(node.op, str) or node.op not in ops.REGISTRY:
         raise error(node, f"unknown op '{node.op}'{suggest(str(node.op), ops.REGISTRY)}: "
                           "`cnngraph ops` lists the ops")
@@ -52,7 +53,8 @@ def check_node(node: Node) -> None:
         try:
             attrs[key] = attr.normalize(node.attrs[key])
         except ValueError as exc:
-            raise error(node, f"attribute '{key}' of {node.op}: {exc}") from None
+            raise error(node, f"attribute '{key}' of {node.op}: {exc}"
+                              f"{_hint(node.attrs[key], (exprs or {}).get(key))}") from None
     node.attrs = attrs
     n = len(node.inputs)
     if n < op.min_inputs or (op.max_inputs is not None and n > op.max_inputs):
@@ -61,6 +63,14 @@ def check_node(node: Node) -> None:
                   f"{op.min_inputs} to {op.max_inputs}")
         raise error(node, f"{node.op} takes {wanted} input(s), got {n} "
                           f"({', '.join(node.inputs) or 'none'}): fix `inputs`")
+
+
+def _hint(value, expr: str | None) -> str:
+    """Where a bad value came from, and the usual fix for a fraction from `/`."""
+    where = f" (from '{expr}')" if expr else ""
+    if isinstance(value, float) and not value.is_integer():
+        return f"{where}: use // for integer division, or int(...)"
+    return where
 
 
 def topological(nodes: list[Node]) -> list[Node]:
@@ -150,9 +160,10 @@ def _fmt(shape) -> str:
     return "(" + ",".join(map(str, shape)) + ")" if shape is not None else "?"
 
 
-def analyse(graph: Graph) -> Graph:
-    """Checks every node, orders them topologically and annotates them (in place)."""
+def analyse(graph: Graph, exprs: dict[str, dict[str, str]] | None = None) -> Graph:
+    """Checks every node, orders them topologically and annotates them (in place); `exprs`
+    (node -> attribute -> `$...` text) makes messages name the expressions."""
     for node in graph:
-        check_node(node)
+        check_node(node, (exprs or {}).get(node.name))
     graph.nodes = {node.name: node for node in topological(list(graph))}
     return annotate(graph)

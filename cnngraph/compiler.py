@@ -23,7 +23,7 @@ def source_of(x: Any) -> tuple[Source, str | None]:
         return Source(x), None
     if isinstance(x, (str, os.PathLike)):
         path = Path(x)
-        if path.suffix in SUFFIXES or path.exists() or os.sep in str(x):
+        if path.suffix.lower() in SUFFIXES or path.exists() or os.sep in str(x):
             return read(path), None
         found = zoo.find(str(x))
         if found is None:
@@ -43,12 +43,17 @@ def load(x: Any, *, variant: str | None = None, input_shape=None) -> Graph:
     [1, 3, 64, 64]); for several inputs, a dict name -> shape.
     """
     source, zoo_variant = source_of(x)
+    if zoo_variant is not None and variant not in (None, zoo_variant) and variant in (
+            source.data.get("variants") or {}):  # an unknown one gets expand's suggestion
+        raise SpecError(f"the zoo name '{x}' already picks variant '{zoo_variant}', not "
+                        f"'{variant}': load '{variant}' by name, or drop the variant (--variant)")
     variant = variant or zoo_variant
     spec = source.data
     shapes = _input_shapes(spec, input_shape)
     flat = expand(source, variant, shapes)
     graph = Graph(flat.name, {n.name: n for n in flat.nodes}, flat.outputs, source=source.file)
-    analyse(graph)
+    analyse(graph, flat.exprs)
+    check_meta(graph, source)
     graph.spec = _chosen_spec(spec, flat.variant, shapes)
     graph.meta = {**copy.deepcopy(spec.get("meta") or {}), "variant": flat.variant}
     return graph
@@ -70,6 +75,9 @@ def _input_shapes(spec: Any, input_shape) -> dict[str, list[int]] | None:
             raise InputError(f"input_shape names '{name}', but the spec's inputs are "
                              f"{', '.join(declared)}")
         shape = list(shape)
+        if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+            raise InputError(f"input shape {shape} for '{name}': every size, the batch too, "
+                             "must be an integer >= 1")
         rank = len(declared[name]) if isinstance(declared[name], list) else len(shape)
         if len(shape) == rank + 1:
             shape = shape[1:]  # the batch: the graph keeps it symbolic
@@ -79,6 +87,46 @@ def _input_shapes(spec: Any, input_shape) -> dict[str, list[int]] | None:
                              "the batch first)")
         shapes[name] = shape
     return shapes
+
+
+def check_meta(graph: Graph, source: Source) -> None:
+    """`meta` is a mapping; its `normalize` has one mean and one positive std per input channel
+    (or one for all), and its `classes` name each column of a (N, F) main output."""
+    spec = source.data
+    meta = spec.get("meta")
+    if meta is None:
+        return
+
+    def fail(message: str, mapping=spec, key: str | None = "meta") -> SpecError:
+        return SpecError(message, file=source.file, line=source.line(mapping, key))
+
+    if not isinstance(meta, dict):
+        raise fail(f"`meta` must be a mapping, got {meta!r}: write e.g. `meta: {{classes: [...], "
+                   "normalize: {mean: [...], std: [...]}}`")
+    if "normalize" in meta:
+        normalize = meta["normalize"]
+        if not isinstance(normalize, dict) or set(normalize) != {"mean", "std"}:
+            raise fail(f"`meta.normalize` must be {{mean: [...], std: [...]}}, got {normalize!r}",
+                       meta, "normalize")
+        channels = graph.inputs[0].shape[1]
+        for key, values in normalize.items():
+            if (not isinstance(values, list) or len(values) not in (1, channels) or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
+                raise fail(f"`meta.normalize.{key}` must be a list of numbers, one per input "
+                           f"channel ({channels}) or one for all, got {values!r}", normalize, key)
+            if key == "std" and not all(v > 0 for v in values):
+                raise fail(f"`meta.normalize.std` must be > 0 (inputs are divided by it), got "
+                           f"{values!r}", normalize, key)
+    if "classes" in meta:
+        classes = meta["classes"]
+        if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+            raise fail(f"`meta.classes` must be a list of class names (strings), got {classes!r}"
+                       ": quote numbers, e.g. [\"0\", \"1\"]", meta, "classes")
+        width = graph.num_classes
+        if width is not None and len(classes) != width:
+            main = graph.active_outputs(False)[0].name
+            raise fail(f"`meta.classes` has {len(classes)} names but the output '{main}' has "
+                       f"{width} classes: give {width} names", meta, "classes")
 
 
 def _chosen_spec(spec: dict, variant: str | None, shapes: dict | None) -> dict:

@@ -10,6 +10,7 @@ everything is expanded, so a layer may name one written after it (the cycle chec
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from difflib import get_close_matches
@@ -28,6 +29,7 @@ LAYER_KEYS = ("name", "op", "block", "inputs", "args", "repeat", "first", "when"
 OUTPUT_KEYS = ("name", "from", "phase", "loss_weight")
 PHASES = ("both", "train", "inference")
 REQUIRED = "required"  # a block parameter without default
+MAX_LAYERS = 100_000  # layers (copies included) one spec may expand to: guards `repeat: 10**9`
 
 
 def suggest(name: str, known) -> str:
@@ -38,12 +40,14 @@ def suggest(name: str, known) -> str:
 
 @dataclass
 class Expanded:
-    """The spec flattened: nodes in spec order (inputs are full node names) and the outputs."""
+    """The spec flattened: nodes in spec order (inputs are full node names) and the outputs;
+    `exprs[node][attr]` is the `$...` text an attribute was written as, for messages."""
 
     name: str
     nodes: list[Node]
     outputs: list[Output]
     variant: str | None
+    exprs: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -69,6 +73,8 @@ class Expander:
         self.source = source
         self.blocks: dict[str, Any] = {}
         self.nodes: list[Node] = []
+        self.exprs: dict[str, dict[str, str]] = {}
+        self.expanded = 0  # layers expanded so far (switched-off ones too), against MAX_LAYERS
         self.pending: list[tuple[Node, list[Alias]]] = []
         self.stack: list[str] = []  # blocks being instantiated, to refuse recursion
 
@@ -100,8 +106,11 @@ class Expander:
                 raise self.error(f"unknown top-level key '{key}'{suggest(str(key), TOP_KEYS)}: "
                                  f"the keys are {', '.join(TOP_KEYS)}", spec, key=key)
         name = spec.get("name")
-        if not isinstance(name, str) or not name:
+        if name is None:
             raise self.error("the spec has no `name`: add e.g. `name: mynet`", spec)
+        if not isinstance(name, str) or not name:
+            raise self.error(f"`name` must be a non-empty string, got {name!r}: write e.g. "
+                             "`name: mynet`", spec, key="name")
         variant = variant or spec.get("variant")
         env = self.params(spec, variant)
         blocks = spec.get("blocks") or {}
@@ -111,13 +120,13 @@ class Expander:
         top = Scope("")
         first_input = self.inputs(spec, env, top, input_shapes)
         layers = spec.get("layers")
-        if not isinstance(layers, list) or not layers:
-            raise self.error("the spec has no `layers`: add a list of layers", spec, key="layers")
+        if layers is None:
+            raise self.error("the spec has no `layers`: add a list of layers", spec)
         last = self.layers(layers, top, env, first_input, spec)
         outputs = self.outputs(spec, top, env, last)
         for node, refs in self.pending:
             node.inputs = [self.resolve(ref) for ref in refs]
-        return Expanded(variant or name, self.nodes, outputs, variant)
+        return Expanded(variant or name, self.nodes, outputs, variant, self.exprs)
 
     def params(self, spec: dict, variant: str | None) -> dict:
         """The spec parameters, in order, with the variant's values put in."""
@@ -198,20 +207,30 @@ class Expander:
                 raise self.error(f"output '{entry['name']}': phase must be one of "
                                  f"{', '.join(PHASES)}, got {phase!r}", mapping, key="phase")
             weight = entry.get("loss_weight", 1.0)
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-                raise self.error(f"output '{entry['name']}': loss_weight must be a number",
-                                 mapping, key="loss_weight")
+            if (isinstance(weight, bool) or not isinstance(weight, (int, float))
+                    or not math.isfinite(weight) or weight < 0):
+                raise self.error(f"output '{entry['name']}': loss_weight must be a number >= 0, "
+                                 f"got {weight!r}", mapping, key="loss_weight")
             if any(o.name == entry["name"] for o in outputs):
                 raise self.error(f"duplicate output name '{entry['name']}': rename one", mapping)
             node = self.resolve(Alias(top, entry.get("from", entry["name"]), mapping, None))
             outputs.append(Output(entry["name"], node, phase, float(weight)))
+        for training, mode in ((False, "inference"), (True, "training")):
+            if not any(o.active(training) for o in outputs):
+                raise self.error(f"no output is active in {mode}: give at least one output "
+                                 f"`phase: both` (the default) or `phase: "
+                                 f"{'train' if training else 'inference'}`", spec, key="outputs")
         return outputs
 
     # --- layer lists -------------------------------------------------------------------------
     def layers(self, layers: Any, scope: Scope, env: dict, first_input: str, owner: Any) -> str:
         """Expands a layer list into `scope`; returns the local name of the last layer."""
-        if not isinstance(layers, list) or not layers:
-            raise self.error("`layers` must be a non-empty list of layers", owner, key="layers")
+        if not isinstance(layers, list):
+            raise self.error(f"`layers` must be a list of layers (`- {{name: ..., op: ...}}`), "
+                             f"got a {type(layers).__name__}", owner, key="layers")
+        if not layers:
+            raise self.error("`layers` is an empty list: add at least one layer", owner,
+                             key="layers")
         previous = first_input
         for layer in layers:
             previous = self.layer(layer, scope, env, previous)
@@ -246,12 +265,21 @@ class Expander:
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise self.error(f"repeat must be a non-negative integer, got {count!r}",
                              layer, path, "repeat")
+        before = self.expanded
         for i in range(count):
+            if i == 1:  # one copy made: its size times `repeat` must fit before making the rest
+                self.check_size(before + (self.expanded - before) * count, layer, path)
             self.instance(layer, scope, f"{name}.{i}", {**env, "i": i}, inputs if i == 0 else [
                 f"{name}.{i - 1}"], layer.get("first", {}) if i == 0 else {})
         target = f"{name}.{count - 1}" if count else inputs[0]
         scope.symbols[name] = Alias(scope, target, layer, path)
         return name
+
+    def check_size(self, layers: int, layer: dict, path: str) -> None:
+        if layers > MAX_LAYERS:
+            raise self.error(f"the spec expands to more than {MAX_LAYERS:,} layers (at least "
+                             f"{layers:,}): lower `repeat` here or in the blocks it "
+                             "instantiates", layer, path, "repeat" if "repeat" in layer else None)
 
     def input_names(self, layer: dict, env: dict, path: str, previous: str) -> list[str]:
         if "inputs" not in layer:
@@ -266,6 +294,8 @@ class Expander:
                  first: dict) -> None:
         """One layer (or one copy of a repeated layer) into `scope` under `name`."""
         path = scope.prefix + name
+        self.expanded += 1
+        self.check_size(self.expanded, layer, path)
         refs = [Alias(scope, n, layer, path) for n in inputs]
         if "when" in layer:
             when = self.value(layer["when"], env, layer, path, "when")
@@ -286,6 +316,10 @@ class Expander:
             attrs = {k: self.value(v, env, layer, path, k) for k, v in layer.items()
                      if k not in LAYER_KEYS}
             attrs.update({k: self.value(v, env, layer, path, "first") for k, v in first.items()})
+            written = {**{k: v for k, v in layer.items() if k not in LAYER_KEYS}, **first}
+            exprs = {k: v for k, v in written.items() if isinstance(v, str) and "$" in v}
+            if exprs:
+                self.exprs[path] = exprs
             node = Node(path, op, attrs=attrs, where=self.where(layer))
             self.nodes.append(node)
             self.pending.append((node, refs))

@@ -62,9 +62,9 @@ def lookup(name: str, env: Mapping[str, Any]) -> Any:
     from difflib import get_close_matches
 
     near = get_close_matches(name, list(env), n=1)
-    hint = f"did you mean '{near[0]}'? " if near else ""
+    hint = f"did you mean '{near[0]}'?" if near else "declare it under `params`"
     known = ", ".join(sorted(env)) or "none"
-    raise ExprError(f"unknown parameter '{name}': {hint}(parameters here: {known})")
+    raise ExprError(f"unknown parameter '{name}': {hint} (parameters here: {known})")
 
 
 def evaluate(source: str, env: Mapping[str, Any]) -> Any:
@@ -72,13 +72,18 @@ def evaluate(source: str, env: Mapping[str, Any]) -> Any:
     try:
         tree = ast.parse(source.strip(), mode="eval")
     except SyntaxError as exc:
-        raise ExprError(f"bad expression '${{{source}}}': {exc.msg}") from None
+        raise ExprError(f"bad expression '${{{source}}}': {exc.msg}: write a complete "
+                        "expression, e.g. ${width * 2} or ${width // 2}") from None
     try:
         return _eval(tree.body, env)
     except ExprError as exc:
         raise ExprError(f"bad expression '${{{source}}}': {exc}") from None
-    except (TypeError, ValueError, ZeroDivisionError, IndexError, KeyError, OverflowError) as exc:
-        raise ExprError(f"bad expression '${{{source}}}': {type(exc).__name__}: {exc}") from None
+    except ZeroDivisionError:
+        raise ExprError(f"bad expression '${{{source}}}': division by zero: make the divisor "
+                        "non-zero (e.g. max(d, 1))") from None
+    except (TypeError, ValueError, IndexError, KeyError, OverflowError) as exc:
+        raise ExprError(f"bad expression '${{{source}}}': {type(exc).__name__}: {exc}: check "
+                        "the values and types of its parameters") from None
 
 
 def _repetition(left: Any, right: Any) -> int:

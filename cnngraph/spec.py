@@ -116,9 +116,9 @@ def parse_json(text: str, file: str | None = None) -> Source:
 
 
 def read(path: str | os.PathLike) -> Source:
-    """A spec file, by its suffix: .yaml/.yml or .json."""
+    """A spec file, by its suffix (any case): .yaml/.yml or .json."""
     path = Path(path)
-    if path.suffix not in SUFFIXES:
+    if path.suffix.lower() not in SUFFIXES:
         raise SpecError(f"{path}: not a spec file: use a .yaml, .yml or .json file, or a zoo name "
                         "(`cnngraph zoo` lists them)")
     try:
@@ -128,17 +128,17 @@ def read(path: str | os.PathLike) -> Source:
                         "(`cnngraph zoo` lists them)") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"{path}: cannot read the file ({exc})") from None
-    parse = parse_json if path.suffix == ".json" else parse_yaml
+    parse = parse_json if path.suffix.lower() == ".json" else parse_yaml
     return parse(text, str(path))
 
 
 def save_spec(spec: dict, path: str | os.PathLike) -> Path:
     """Writes a spec as YAML or JSON (by the suffix), atomically; returns the path."""
     path = Path(path)
-    if path.suffix not in SUFFIXES:
+    if path.suffix.lower() not in SUFFIXES:
         raise SpecError(f"{path}: cannot tell the format: name the file .yaml, .yml or .json")
     plain = json.loads(json.dumps(spec))  # tuples become lists, as a file would give them
-    if path.suffix == ".json":
+    if path.suffix.lower() == ".json":
         text = json.dumps(plain, indent=2) + "\n"
     else:
         text = yaml.safe_dump(plain, sort_keys=False, allow_unicode=True)

@@ -165,3 +165,75 @@ def test_duplicate_json_keys_are_refused(tmp_path):
     file.write_text('{"name": "x", "input": [1, 4, 4], "name": "y", "layers": []}')
     with pytest.raises(SpecError, match=r"net.json: duplicate key 'name': remove one of them"):
         cnngraph.load(file)
+
+
+SMALL = {"name": "t", "input": [1, 8, 8],
+         "layers": [{"name": "c", "op": "conv2d", "out": 4, "kernel": 3},
+                    {"name": "p", "op": "global_avg_pool2d"}, {"name": "f", "op": "flatten"},
+                    {"name": "fc", "op": "linear", "out": 3}]}
+
+# case: (keys replacing SMALL's, pattern of the one-line message)
+SPEC_CASES = {
+    "meta not a mapping": ({"meta": 3}, r"^`meta` must be a mapping, got 3"),
+    "normalize length": ({"meta": {"normalize": {"mean": [0.5, 0.5], "std": [1]}}},
+                         r"`meta.normalize.mean` .* one per input channel \(1\) or one for all"),
+    "normalize std zero": ({"meta": {"normalize": {"mean": [0.5], "std": [0]}}},
+                           r"`meta.normalize.std` must be > 0"),
+    "classes width": ({"meta": {"classes": ["a", "b"]}},
+                      r"`meta.classes` has 2 names but the output 'fc' has 3 classes: give 3"),
+    "classes not strings": ({"meta": {"classes": [0, 1, 2]}}, r"list of class names \(strings\)"),
+    "no inference output": ({"outputs": [{"name": "o", "from": "fc", "phase": "train"}]},
+                            r"no output is active in inference"),
+    "no training output": ({"outputs": [{"name": "o", "from": "fc", "phase": "inference"}]},
+                           r"no output is active in training"),
+    "negative loss weight": ({"outputs": [{"name": "fc", "loss_weight": -1}]},
+                             r"output 'fc': loss_weight must be a number >= 0, got -1"),
+    "name not a string": ({"name": 5}, r"`name` must be a non-empty string, got 5"),
+    "layers empty": ({"layers": []}, r"`layers` is an empty list: add at least one layer"),
+    "layers not a list": ({"layers": {"c": 1}}, r"`layers` must be a list of layers .*got a dict"),
+    "huge repeat": ({"layers": [{"name": "r", "op": "relu", "repeat": 10**8}]},
+                    r"layer 'r': the spec expands to more than 100,000 layers"),
+    "nested repeats": ({"blocks": {"a": {"layers": [{"name": "r", "op": "relu", "repeat": 1000}]},
+                                   "b": {"layers": [{"name": "x", "block": "a", "repeat": 1000}]}},
+                        "layers": [{"name": "s", "block": "b", "repeat": 1000}]},
+                       r"layer 's.0.x': the spec expands to more than 100,000 layers"),
+    "integer division": ({"params": {"w": 8},
+                          "layers": [{"name": "c", "op": "conv2d", "out": "${w / 3}", "kernel": 1}]},
+                         r"expected an integer, got 2\.6+5 \(from '\$\{w / 3\}'\): use // for"),
+    "division by zero": ({"params": {"w": 8, "d": "${w // 0}"}},
+                         r"bad expression '\$\{w // 0\}': division by zero: make the divisor"),
+    "syntax": ({"params": {"w": "${8 *}"}}, r"invalid syntax: write a complete expression"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SPEC_CASES))
+def test_spec_error_says_what_is_wrong(case):
+    keys, reason = SPEC_CASES[case]
+    with pytest.raises(SpecError) as err:
+        cnngraph.load({**SMALL, **keys})
+    assert re.search(reason, str(err.value)) and "\n" not in str(err.value), str(err.value)
+
+
+def test_meta_error_names_the_line(tmp_path):
+    file = tmp_path / "net.yaml"
+    file.write_text("name: t\ninput: [1, 8, 8]\nmeta: 3\nlayers:\n  - {name: r, op: relu}\n")
+    with pytest.raises(SpecError, match=rf"^{re.escape(str(file))}:3: `meta` must be a mapping"):
+        cnngraph.load(file)
+
+
+def test_input_shape_sizes_and_the_batch_must_be_positive():
+    with pytest.raises(cnngraph.errors.InputError, match=r"the batch too, must be an integer >= 1"):
+        cnngraph.load(SMALL, input_shape=[0, 1, 16, 16])
+
+
+def test_zoo_name_and_a_different_variant_disagree():
+    with pytest.raises(SpecError, match=r"'resnet18' already picks variant 'resnet18', not "
+                                        r"'resnet50': load 'resnet50' by name"):
+        cnngraph.load("resnet18", variant="resnet50")
+
+
+def test_spec_suffixes_are_case_insensitive(tmp_path):
+    file = tmp_path / "G.YAML"
+    file.write_text("name: g\ninput: [2, 4, 4]\nlayers:\n  - {name: c, op: conv2d, out: 3, "
+                    "kernel: 1}\n")
+    assert cnngraph.load(file).params == 2 * 3 + 3  # 1x1 conv: in*out weights + out biases
