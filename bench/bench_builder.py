@@ -106,8 +106,9 @@ def main() -> None:
             for model in models.values():
                 timed(model, x)
         times = {name: [] for name in models}
-        for _ in range(args.runs):
-            for name, model in models.items():
+        pairs = list(models.items())
+        for run in range(args.runs):  # alternate who goes first: no order bias (caches, clocks)
+            for name, model in pairs if run % 2 == 0 else pairs[::-1]:
                 times[name].append(timed(model, x))
 
     print(f"machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
