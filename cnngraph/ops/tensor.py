@@ -164,44 +164,42 @@ def concat(*xs: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat(xs, dim)
 
 
+class _Elementwise(Op):
+    """Two or more tensors of the same shape folded pairwise by `fn` (ONNX: `onnx_op`)."""
+
+    min_inputs, max_inputs = 2, None
+    fn: staticmethod
+    onnx_op: str
+
+    def infer(self, node, ins):
+        return _same_shapes(self.name, ins)
+
+    def torch(self, node, ins):
+        return Call(type(self).fn, {})
+
+    def onnx(self, ctx, node, inputs):
+        out = inputs[0]
+        for x in inputs[1:]:
+            out = ctx.op(self.onnx_op, out, x)
+        return out
+
+
 @register
-class Add(Op):
+class Add(_Elementwise):
     """Element-wise sum of two or more tensors of the same shape (residual connections)."""
 
     name = "add"
-    min_inputs, max_inputs = 2, None
-
-    def infer(self, node, ins):
-        return _same_shapes("add", ins)
-
-    def torch(self, node, ins):
-        return Call(add, {})
-
-    def onnx(self, ctx, node, inputs):
-        out = inputs[0]
-        for x in inputs[1:]:
-            out = ctx.op("Add", out, x)
-        return out
+    fn = staticmethod(add)
+    onnx_op = "Add"
 
 
 @register
-class Mul(Op):
+class Mul(_Elementwise):
     """Element-wise product of two or more tensors of the same shape (gating)."""
 
     name = "mul"
-    min_inputs, max_inputs = 2, None
-
-    def infer(self, node, ins):
-        return _same_shapes("mul", ins)
-
-    def torch(self, node, ins):
-        return Call(mul, {})
-
-    def onnx(self, ctx, node, inputs):
-        out = inputs[0]
-        for x in inputs[1:]:
-            out = ctx.op("Mul", out, x)
-        return out
+    fn = staticmethod(mul)
+    onnx_op = "Mul"
 
 
 @register
