@@ -3,8 +3,9 @@
 - `cnngraph.DeformConv(X, W, offset, [B], [mask])` -- deformable convolution v1 (no mask) and v2
   (mask); inputs, attributes (strides, pads, dilations, group, offset_group) and semantics are
   those of the standard `DeformConv` (opset 19).
-- `cnngraph.LRNWithinChannel(X)` -- Caffe's WITHIN_CHANNEL LRN, attributes size (odd), alpha,
-  beta: `y = x / (1 + alpha/size^2 * sum_{size x size window, zero padded} x^2) ^ beta`.
+- `cnngraph.LRNWithinChannel(X)` -- Caffe's WITHIN_CHANNEL LRN, attributes kernel_shape
+  (size, size), size odd, alpha, beta:
+  `y = x / (1 + alpha/size^2 * sum_{size x size window, zero padded} x^2) ^ beta`.
 
 The schemas are registered with onnx (so the checker and shape inference know the nodes); the
 bodies are FunctionProtos written with onnxscript and attached to each model, so a stock
@@ -80,11 +81,11 @@ def _schemas() -> list[OpSchema]:
     lrn = OpSchema(
         "LRNWithinChannel", DOMAIN, VERSION,
         "Caffe WITHIN_CHANNEL LRN: x / (1 + alpha/size^2 * sum of x^2 over a zero-padded "
-        "size x size window of the same channel)^beta; size odd.",
+        "size x size window of the same channel)^beta; kernel_shape = (size, size), size odd.",
         inputs=[_param("X", "input (N, C, H, W)")],
         outputs=[_param("Y", "output, shape of X")],
         type_constraints=[("T", _FLOAT_TYPES, "float tensors")],
-        attributes=[_attr("size", int_, "window side (odd)", required=True),
+        attributes=[_attr("kernel_shape", ints, "window (size, size), size odd", required=True),
                     _attr("alpha", float_, "scale", required=True),
                     _attr("beta", float_, "exponent", required=True)])
     lrn.set_type_and_shape_inference_function(_same_as_input)
@@ -180,28 +181,19 @@ def DeformConvLegacy(X: FLOAT, W: FLOAT, offset: FLOAT, B: FLOAT, mask: FLOAT,
 
 
 @script(_cg, default_opset=op)
-def LRNWithinChannel(X: FLOAT, size: int, alpha: float, beta: float) -> FLOAT:
-    """x * exp(-beta * log d), d = Conv(zero-padded x^2 volume, kernel alpha/size^2, bias 1).
+def LRNWithinChannel(X: FLOAT, kernel_shape: Sequence[int], alpha: float, beta: float) -> FLOAT:
+    """x * exp(-beta * log d), d = 1 + alpha * AveragePool(x^2) over the zero-padded window.
 
-    The window side is only an attribute, so the padding ((size-1)/2 each side) and the
-    1 x size x size kernel are built as tensors from it; onnxruntime folds them into constants.
-    x^2 is viewed as a one-channel (N, 1, C, H, W) volume, so one 3-D Conv does the window sum,
-    the scale and the +1 for every channel with no runtime shape arithmetic (Shape nodes would
-    be placed on the CPU by the CUDA provider).
+    AveragePool with count_include_pad divides by size^2 at the borders too, which is Caffe's
+    alpha/size^2 with zero padding; SAME_UPPER pads (size-1)/2 on each side of an odd window.
+    The window is the node's kernel_shape attribute because a function body cannot build one
+    from an int. exp(-beta * log d) is about 10x faster than Pow on onnxruntime's CPU provider.
     """
-    one = op.Constant(value_ints=[1])
-    side = op.Reshape(op.Constant(value_int=size), one)
-    half = op.Div(op.Sub(side, one), op.Constant(value_ints=[2]))
-    zeros3 = op.Constant(value_ints=[0, 0, 0])
-    pads = op.Concat(zeros3, half, half, zeros3, half, half, axis=0)
-    scale = op.Div(op.Constant(value_float=alpha), op.Cast(op.Mul(side, side), to=1))
-    kernel = op.Expand(op.CastLike(scale, X),
-                       op.Concat(op.Constant(value_ints=[1, 1, 1]), side, side, axis=0))
-    bias = op.CastLike(op.Constant(value_floats=[1.0]), X)
-    volume = op.Unsqueeze(op.Mul(X, X), one)
-    denom = op.Squeeze(op.Conv(op.Pad(volume, pads), kernel, bias), one)
+    sums = op.AveragePool(op.Mul(X, X), kernel_shape=kernel_shape, auto_pad="SAME_UPPER",
+                          count_include_pad=1)
+    denom = op.Add(op.Mul(sums, op.CastLike(op.Constant(value_float=alpha), X)), op.CastLike(1.0, X))
     exponent = op.CastLike(op.Neg(op.Constant(value_float=beta)), X)
-    return op.Mul(X, op.Exp(op.Mul(op.Log(denom), exponent)))  # d >= 1; faster than Pow
+    return op.Mul(X, op.Exp(op.Mul(op.Log(denom), exponent)))  # denom >= 1
 
 
 def functions(opset: int, deform_body: str = "native") -> list[onnx.FunctionProto]:

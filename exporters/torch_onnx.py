@@ -56,7 +56,7 @@ def _local_response_norm(x, size: int, alpha: float, beta: float, k: float, regi
         return op.LRN(x, size=size, alpha=alpha, beta=beta, bias=k)
     if k != 1.0:
         raise ValueError(f"cnngraph.LRNWithinChannel is Caffe's within-channel LRN, k = 1; got k={k}")
-    return LRNWithinChannelOp(x, size=size, alpha=alpha, beta=beta)
+    return LRNWithinChannelOp(x, kernel_shape=[size, size], alpha=alpha, beta=beta)
 
 
 def custom_translation_table() -> dict[Callable, Callable]:

@@ -90,7 +90,7 @@ def test_lrn_within_channel_matches_closed_form(size):
     rng = np.random.default_rng(size)
     x = 3 * rng.standard_normal((2, 3, 9, 6), dtype=np.float32)
     alpha, beta = 0.7, 0.75
-    node = helper.make_node("LRNWithinChannel", ["x"], ["y"], domain="cnngraph", size=size,
+    node = helper.make_node("LRNWithinChannel", ["x"], ["y"], domain="cnngraph", kernel_shape=[size, size],
                             alpha=alpha, beta=beta)
     got = _run(_model(node, {"x": x}), {"x": x})
     np.testing.assert_allclose(got, lrn_within_channel_reference(x, size, alpha, beta),
@@ -101,7 +101,7 @@ def test_lrn_within_channel_matches_closed_form(size):
 def test_checker_and_shape_inference_know_the_domain(opset):
     feeds, names, attrs = _deform_case(np.random.default_rng(1), stride=(2, 2))
     deform = helper.make_node("DeformConv", names, ["d"], domain="cnngraph", **attrs)
-    lrn = helper.make_node("LRNWithinChannel", ["d"], ["y"], domain="cnngraph", size=3,
+    lrn = helper.make_node("LRNWithinChannel", ["d"], ["y"], domain="cnngraph", kernel_shape=[3, 3],
                            alpha=1e-4, beta=0.75)
     graph = helper.make_graph(
         [deform, lrn], "g",

@@ -91,8 +91,8 @@ class LRN(Op):
             if a["k"] != 1.0:
                 ctx.unsupported(node, f"a within-channel LRN with k={a['k']} (Caffe's, which "
                                 "cnngraph.LRNWithinChannel is, has k = 1)")
-            return ctx.custom("LRNWithinChannel", inputs[0], size=a["size"], alpha=a["alpha"],
-                              beta=a["beta"])
+            return ctx.custom("LRNWithinChannel", inputs[0], kernel_shape=[a["size"]] * 2,
+                              alpha=a["alpha"], beta=a["beta"])
         if a["size"] % 2 == 0:
             ctx.unsupported(node, "an even across-channel LRN size (ONNX LRN centres the window "
                             "one channel away from PyTorch's); use an odd size")
