@@ -55,6 +55,9 @@ def ort_deform_conv(x, weight, bias, offset, mask, threads: int):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 22)], ir_version=10)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
+    # Idle onnxruntime workers spin for a while after each run by default, which would steal
+    # the cores from the torch contender that runs next in the interleaved rounds.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(model.SerializeToString(), options,
                                    providers=["CPUExecutionProvider"])
     feed = dict(zip(names, arrays))

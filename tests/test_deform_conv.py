@@ -105,6 +105,8 @@ def test_zero_offsets_and_unit_mask_equal_conv2d(groups, og):
 @pytest.mark.parametrize("case", [
     (2, 4, 4, (5, 4), (3, 2), (1, 1), (1, 1), (1, 1), 2, 2, True, 1.0),
     (1, 2, 2, (4, 5), (2, 2), (2, 1), (0, 1), (1, 2), 1, 1, False, 3.0),
+    (2, 4, 2, (4, 4), (3, 3), (1, 1), (1, 1), (1, 1), 1, 2, True, 1.5),  # blocks per group
+    (1, 4, 4, (4, 5), (2, 3), (1, 1), (1, 1), (1, 1), 2, 1, True, 1.5),  # per offset group
 ])
 def test_gradcheck_every_input(case):
     *shape, modulated, scale = case
@@ -117,6 +119,22 @@ def test_gradcheck_every_input(case):
                                         mask[0] if mask else None)
 
     assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-6, fast_mode=True)
+
+
+@pytest.mark.parametrize("groups,og", [(1, 1), (1, 2), (2, 1)])
+def test_float32_gradients_match_float64(groups, og):
+    """float32 on CPU runs its matmuls through oneDNN, float64 through F.linear (checked by
+    gradcheck above): the gradients of every input agree to float32 precision."""
+    tensors = make_case(3, 4, 6, (9, 8), (3, 3), (1, 2), (1, 1), (1, 1), groups, og, True, 2.0)
+    grads = {}
+    for dtype in (torch.float64, torch.float32):
+        leaves = [t.detach().to(dtype).clone().requires_grad_() for t in tensors]
+        x, offset, weight, bias, mask = leaves
+        out = custom_ops.deform_conv2d(x, offset, weight, bias, (1, 2), 1, 1, mask)
+        out.backward(torch.linspace(-1, 1, out.numel(), dtype=dtype).view(out.shape))
+        grads[dtype] = [out.detach()] + [t.grad for t in leaves]
+    for low, high in zip(grads[torch.float32], grads[torch.float64]):
+        torch.testing.assert_close(low.double(), high, rtol=1e-4, atol=1e-4)
 
 
 def test_module_starts_as_plain_convolution():
