@@ -134,8 +134,11 @@ def _source(x: Tensor, unit: int) -> Tensor:
     """(n, C, H, W) -> (n·B·(H+2)·(W+2), unit): per image and channel block, the pixels of the
     zero-bordered input as rows of `unit` channels (out-of-image samples read the border)."""
     n, c, h, w = x.shape
-    padded = F.pad(x, (1, 1, 1, 1)).view(n, c // unit, unit, (h + 2) * (w + 2))
-    return padded.transpose(2, 3).reshape(-1, unit)
+    rows = x.new_empty(n, c // unit, h + 2, w + 2, unit)
+    for border in (rows[:, :, 0], rows[:, :, -1], rows[:, :, :, 0], rows[:, :, :, -1]):
+        border.zero_()
+    rows[:, :, 1:-1, 1:-1] = x.view(n, c // unit, unit, h, w).permute(0, 1, 3, 4, 2)
+    return rows.view(-1, unit)
 
 
 def _unsource(rows: Tensor, n: int, c: int, h: int, w: int) -> Tensor:
