@@ -106,6 +106,11 @@ class Graph:
         live = self.ancestors([o.node for o in self.active_outputs(training)])
         return sum(self.nodes[n].stats.get("params", 0) for n in live)
 
+    def macs_for(self, training: bool) -> int:
+        """Multiply-accumulates per sample of the layers an active output depends on."""
+        live = self.ancestors([o.node for o in self.active_outputs(training)])
+        return sum(self.nodes[n].stats.get("macs", 0) for n in live)
+
     def ancestors(self, names: list[str]) -> set[str]:
         seen: set[str] = set()
         stack = list(names)

@@ -331,3 +331,16 @@ def test_bench_of_a_non_model_file_says_to_export(tmp_path, capsys):
     (tmp_path / "w.pt").write_bytes(b"x")
     assert main(["bench", str(tmp_path / "w.pt"), "--device", "cpu"]) == 2
     assert "export it first with `cnngraph export`" in capsys.readouterr().err
+
+
+def test_bench_json_gives_the_mac_rate_of_each_engine(capsys):
+    """GMAC/s = MACs per sample × samples/s; resnet18's MACs are torchvision's published 1.81 G."""
+    import json
+
+    from cnngraph.cli import main
+    assert main(["bench", "resnet18", "--batch-sizes", "1", "--device", "cpu", "--seconds", "0.05",
+                 "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["results"]
+    assert [r["engine"] for r in rows] == ["torch eager", "onnxruntime"]
+    for r in rows:
+        assert r["gmacs"] / r["throughput"] == pytest.approx(1.81, rel=0.01)

@@ -94,6 +94,8 @@ def run(args) -> int:
             export_onnx(graph, module, path)
             rows = compare(module, path, sizes, **options)
         name = graph.name
+        for row in rows:  # how close each engine comes to the machine's arithmetic peak
+            row.gmacs = graph.macs_for(False) * row.throughput / 1e9
     if args.json:
         print(json.dumps({"model": name, "device": device, "fp16": args.fp16,
                           "torch_threads": torch.get_num_threads(),

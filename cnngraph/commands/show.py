@@ -48,8 +48,7 @@ def summary(graph, batch) -> dict:
         "params": graph.params,
         "macs": graph.macs,
         "params_inference": graph.params_for(False),
-        "macs_inference": sum(graph[n].stats["macs"] for n in
-                              graph.ancestors([o.node for o in graph.active_outputs(False)])),
+        "macs_inference": graph.macs_for(False),
         "inputs": {n.name: shape(n.name) for n in graph.inputs},
         "outputs": {o.name: shape(o.node) for o in graph.outputs},
         "output_phases": {o.name: o.phase for o in graph.outputs},

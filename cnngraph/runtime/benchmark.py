@@ -26,6 +26,7 @@ class Timing:
     runs: int
     max_rel_err: float | None = None   # max |this - torch eager| / max |torch eager|, same input
     speedup: float | None = None       # torch eager p50 / this p50
+    gmacs: float | None = None         # multiply-accumulates per second (1e9) at that throughput
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -156,11 +157,13 @@ def _against(t: Timing, eager: Timing | None, out: np.ndarray, reference: np.nda
 
 def table(rows: list[Timing]) -> str:
     """A fixed-width text table of timings."""
-    head = f"{'engine':<14} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'samples/s':>10} {'vs eager':>9} {'rel err':>10}"
+    head = (f"{'engine':<14} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'samples/s':>10} "
+            f"{'GMAC/s':>8} {'vs eager':>9} {'rel err':>10}")
     lines = [head, "-" * len(head)]
     for r in rows:
         speed = f"{r.speedup:.2f}x" if r.speedup is not None else ""
         err = f"{r.max_rel_err:.2e}" if r.max_rel_err is not None else ""
+        rate = f"{r.gmacs:.0f}" if r.gmacs is not None else ""
         lines.append(f"{r.engine:<14} {r.batch:>5} {r.p50_ms:>9.2f} {r.p90_ms:>9.2f} "
-                     f"{r.throughput:>10.1f} {speed:>9} {err:>10}")
+                     f"{r.throughput:>10.1f} {rate:>8} {speed:>9} {err:>10}")
     return "\n".join(lines)
