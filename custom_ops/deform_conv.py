@@ -24,6 +24,7 @@ float16/bfloat16 inputs are computed in float32.
 from __future__ import annotations
 
 import math
+import threading
 import warnings
 from collections.abc import Sequence
 
@@ -229,6 +230,27 @@ def _sparse_mm(sparse: Tensor, dense: Tensor, out: Tensor) -> None:
     torch.addmm(out, sparse, dense, beta=0, out=out)
 
 
+_kept = threading.local()
+
+
+def _workspace(like: Tensor, numel: int, dtype: torch.dtype) -> Tensor:
+    """An uninitialised buffer of `numel` elements for the im2col matrix of a chunk.
+
+    On CPU each thread keeps its largest one (at most IM2COL_BUDGET_BYTES) for the next call:
+    torch's CPU allocator is glibc malloc, which hands buffers this large back to the kernel
+    when they are freed, so a fresh one page-faults its way in on every call (measured here:
+    forward+backward at N=8, C=64, 56×56 took 70 ms instead of 55 on 2 threads). CUDA's
+    caching allocator already reuses memory."""
+    size = numel * torch.finfo(dtype).bits // 8
+    if like.device.type != "cpu" or size > IM2COL_BUDGET_BYTES:
+        return like.new_empty(numel, dtype=dtype)
+    kept = getattr(_kept, "buffer", None)
+    if kept is None or kept.dtype != dtype or kept.numel() < numel:
+        _kept.buffer = None  # the old one goes before the larger one comes
+        kept = _kept.buffer = like.new_empty(numel, dtype=dtype)
+    return kept[:numel]
+
+
 def _linear(a: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
     """a @ w.T (+ bias) for 2-D, possibly strided, a and w.
 
@@ -254,7 +276,7 @@ def _forward(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None,
     biases = None if bias is None else bias.to(dtype).view(groups, mg)
     out = input.new_empty((n, m, length), dtype=dtype)
     step = plan.chunk_size(n)
-    space = input.new_empty(step * length * plan.taps * c, dtype=dtype)  # reused im2col buffer
+    space = _workspace(input, step * length * plan.taps * c, dtype)  # im2col, per chunk
     for b in range(0, n, step):
         e = min(n, b + step)
         sampler = _Sampler(offset[b:e].to(dtype), None if mask is None else mask[b:e].to(dtype),
@@ -290,7 +312,7 @@ def _backward(grad: Tensor, input: Tensor, offset: Tensor, weight: Tensor, mask:
     g_mask = torch.empty_like(mask, dtype=dtype) if need_mask else None
     g_weights = torch.zeros_like(weights) if need_weight else None
     step = plan.chunk_size(n)
-    space = input.new_empty(step * length * depth * groups, dtype=dtype)  # reused im2col buffer
+    space = _workspace(input, step * length * depth * groups, dtype)  # im2col, per chunk
     for b in range(0, n, step):
         e = min(n, b + step)
         k, rows = e - b, (e - b) * length
