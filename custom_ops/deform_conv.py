@@ -15,7 +15,8 @@ How it runs (the same code on every device): the batch is cut into chunks whose 
 (C·kH·kW·oH·oW elements per image) fits IM2COL_BUDGET_BYTES. Bilinear sampling is linear in the
 input, so per chunk it is one sparse matrix S (four bilinear weights per sample, see _Sampler)
 applied to a zero-bordered, channels-last copy of the input: one sparse matmul builds the im2col
-matrix (gathers and weighted sum fused), one dense matmul per group turns it into the output.
+matrix, a row per output position (gathers and weighted sum fused), and one dense GEMM per conv
+group turns it into the output (oneDNN's on CPU, see _linear).
 The backward pass is written out: S^T (built by sorting S's entries) scatters the im2col
 gradient into the input gradient, a sampled matmul gives the gradient of every entry of S, and
 the derivative of the bilinear weights turns those into offset and mask gradients.
@@ -33,10 +34,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 #: Upper bound on the im2col buffer of one batch chunk (bytes); the batch is chunked to stay
-#: within it (one image at least). Forward and backward each hold one such buffer, reused by
-#: every chunk, plus the chunk's sampling matrix (at most as large). Kept moderate on purpose: a
-#: budget of 32 MiB (four 64-channel 56×56 images) measured faster than 8 MiB on 1 thread
-#: (1.34× vs 1.39× onnxruntime's forward) and on 2 threads (0.93× vs 2.8×, one A/B run).
+#: within it (one image at least). The forward holds one such buffer (kept per CPU thread
+#: between calls, see _workspace), the backward that one and d(im2col) of the same size, plus
+#: the chunk's sampling matrix (at most as large). 32 MiB (four 64-channel 56×56 images)
+#: measured faster than 8 MiB, and as fast as 16 MiB, on 1 and 2 threads; past 32 MiB glibc
+#: maps every buffer afresh (64 MiB: 1.7× slower).
 IM2COL_BUDGET_BYTES = 32 * 2**20
 
 Pair = int | Sequence[int]
