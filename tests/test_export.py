@@ -159,7 +159,7 @@ def test_legacy_deform_body_matches_torch(custom_net, tmp_path):
     assert_matches(run_onnx(tmp_path / "legacy.onnx", x), run_torch(module, x))
 
 
-@pytest.mark.parametrize("name", ["lenet5", "dcn_net"])
+@pytest.mark.parametrize("name", ["lenet5", "dcn_net", "lrn_within_net"])
 def test_fp16_export_stays_within_its_tolerance(name, tmp_path):
     graph, module = build(name)
     export_onnx(graph, module, tmp_path / "half.onnx", fp16=True)
