@@ -25,8 +25,8 @@ from onnx import TensorProto, helper
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import custom_ops  # noqa: E402
 
-# (N, C, M, H, W, kernel): the issue's case and a larger one.
-CASES = [(8, 64, 64, 56, 56, 3), (8, 128, 128, 56, 56, 3)]
+# (N, C, M, H, W, kernel, groups = offset groups): the issue's case, a larger one, a grouped one.
+CASES = [(8, 64, 64, 56, 56, 3, 1), (8, 128, 128, 56, 56, 3, 1), (8, 64, 64, 56, 56, 3, 2)]
 
 
 def interleaved(fns: list, repeat: int) -> list[float]:
@@ -42,14 +42,14 @@ def interleaved(fns: list, repeat: int) -> list[float]:
     return [statistics.median(spent) * 1e3 for spent in times]
 
 
-def ort_deform_conv(x, weight, bias, offset, mask, threads: int):
+def ort_deform_conv(x, weight, bias, offset, mask, groups: int, threads: int):
     """A one-node ONNX model running onnxruntime's native DeformConv (CPU provider)."""
     names = ["X", "W", "offset", "B", "mask"]
     arrays = [x, weight, offset, bias, mask]
     inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, a.shape)
               for n, a in zip(names, arrays)]
-    node = helper.make_node("DeformConv", names, ["Y"], pads=[1, 1, 1, 1], group=1,
-                            offset_group=1)
+    node = helper.make_node("DeformConv", names, ["Y"], pads=[1, 1, 1, 1], group=groups,
+                            offset_group=groups)
     graph = helper.make_graph([node], "deform", inputs,
                               [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 22)], ir_version=10)
@@ -65,41 +65,45 @@ def ort_deform_conv(x, weight, bias, offset, mask, threads: int):
 
 
 def deform_rows(repeat: int, threads: int):
-    for n, c, m, h, w, k in CASES:
+    for n, c, m, h, w, k, g in CASES:
         torch.manual_seed(0)
         x = torch.randn(n, c, h, w)
-        weight = torch.randn(m, c, k, k) * 0.05
+        weight = torch.randn(m, c // g, k, k) * 0.05
         bias = torch.randn(m)
-        offset = torch.randn(n, 2 * k * k, h, w) * 2
-        mask = torch.rand(n, k * k, h, w)
-        shape = f"N={n} C={c} M={m} {h}×{w} {k}×{k}"
+        offset = torch.randn(n, 2 * g * k * k, h, w) * 2
+        mask = torch.rand(n, g * k * k, h, w)
+        shape = f"N={n} C={c} M={m} {h}×{w} {k}×{k}" + (f" groups={g} offset_groups={g}" if g > 1 else "")
 
         def fwd():
             with torch.no_grad():
                 custom_ops.deform_conv2d(x, offset, weight, bias, 1, 1, 1, mask)
 
         leaves = [t.clone().requires_grad_() for t in (x, offset, weight, bias, mask)]
+        # a dense gradient, as from a following layer (the expanded one of .sum() is one
+        # number read over and over, which flatters every kernel that reads it)
+        grad = torch.randn(n, m, h, w)
 
         def fwd_bwd():
             xi, oi, wi, bi, mi = leaves
-            custom_ops.deform_conv2d(xi, oi, wi, bi, 1, 1, 1, mi).sum().backward()
+            custom_ops.deform_conv2d(xi, oi, wi, bi, 1, 1, 1, mi).backward(grad)
 
         def conv():
             with torch.no_grad():
-                F.conv2d(x, weight, bias, 1, 1)
+                F.conv2d(x, weight, bias, 1, 1, 1, g)
 
         dense = [t.clone().requires_grad_() for t in (x, weight, bias)]
 
         def conv_bwd():
-            F.conv2d(*dense, 1, 1).sum().backward()
+            F.conv2d(*dense, 1, 1, 1, g).backward(grad)
 
-        native = ort_deform_conv(*(t.numpy() for t in (x, weight, bias, offset, mask)), threads)
+        native = ort_deform_conv(*(t.numpy() for t in (x, weight, bias, offset, mask)), g, threads)
         times = interleaved([fwd, fwd_bwd, conv, conv_bwd, native], repeat)
         yield (f"deform_conv2d v2 {shape}", *times)
 
 
 def lrn_rows(repeat: int):
     x = torch.randn(8, 64, 56, 56)
+    grad = torch.randn_like(x)
     for region in ("across_channels", "within_channel"):
         leaf = x.clone().requires_grad_()
 
@@ -108,7 +112,7 @@ def lrn_rows(repeat: int):
                 custom_ops.local_response_norm(x, 5, 1e-4, 0.75, 1.0, region)
 
         def fwd_bwd():
-            custom_ops.local_response_norm(leaf, 5, 1e-4, 0.75, 1.0, region).sum().backward()
+            custom_ops.local_response_norm(leaf, 5, 1e-4, 0.75, 1.0, region).backward(grad)
 
         yield (region, *interleaved([fwd, fwd_bwd], repeat))
 

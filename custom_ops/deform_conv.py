@@ -258,8 +258,11 @@ def _linear(a: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
 
     On CPU in float32 this is oneDNN's matmul (the kernel torch.compile's CPU backend uses for
     linear layers): on this project's 2-core AMD test machine it runs these shapes at 170-230
-    GFLOP/s per core against 80-90 for torch.matmul's MKL sgemm. Elsewhere, F.linear."""
-    if _ONEDNN_LINEAR and a.device.type == "cpu" and a.dtype == w.dtype == torch.float32:
+    GFLOP/s per core against 80-90 for torch.matmul's MKL sgemm. Only for a `w` that is dense
+    (or its transpose is): a column slice of the im2col matrix as `w` (the weight gradient of a
+    grouped convolution) takes oneDNN's reference path, 500x slower. Elsewhere, F.linear."""
+    if (_ONEDNN_LINEAR and a.device.type == "cpu" and a.dtype == w.dtype == torch.float32
+            and 1 in a.stride() and (w.is_contiguous() or w.t().is_contiguous())):
         return torch.ops.mkldnn._linear_pointwise(a, w, bias, "none", [], "")
     return F.linear(a, w, bias)
 
@@ -322,7 +325,8 @@ def _backward(grad: Tensor, input: Tensor, offset: Tensor, weight: Tensor, mask:
         sampler = _Sampler(offset[b:e].to(dtype), None if mask is None else mask[b:e].to(dtype),
                            plan, stride, padding, dilation)
         # dout as a row per (image, position), (rows, M)
-        g_out = grad[b:e].to(dtype).reshape(k, plan.m, length).transpose(1, 2).reshape(rows, -1)
+        g_out = grad[b:e].to(dtype).reshape(k, plan.m, length).transpose(1, 2).contiguous()
+        g_out = g_out.view(rows, -1)  # (a plain copy also of the expanded grad of a .sum())
         if need_input or need_offset or need_mask:
             if groups == 1:
                 g_cols = _linear(g_out, weights[0].t())
