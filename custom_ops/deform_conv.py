@@ -214,7 +214,7 @@ class _Sampler:
         columns, order = torch.sort(self.columns)
         counts = torch.bincount(columns, minlength=self.size[1])
         crow = torch.cat((counts.new_zeros(1), counts.cumsum(0))).to(columns.dtype)
-        rows = (order >> 2).to(columns.dtype)  # four entries per row
+        rows = order.to(columns.dtype).bitwise_right_shift_(2)  # four entries per row
         return _csr(crow, rows, self.values[order], self.size[::-1])
 
 
@@ -324,9 +324,12 @@ def _backward(grad: Tensor, input: Tensor, offset: Tensor, weight: Tensor, mask:
         src = _source(input[b:e].to(dtype), plan.unit)
         sampler = _Sampler(offset[b:e].to(dtype), None if mask is None else mask[b:e].to(dtype),
                            plan, stride, padding, dilation)
-        # dout as a row per (image, position), (rows, M)
-        g_out = grad[b:e].to(dtype).reshape(k, plan.m, length).transpose(1, 2).contiguous()
-        g_out = g_out.view(rows, -1)  # (a plain copy also of the expanded grad of a .sum())
+        # dout as a row per (image, position), (rows, M), and transposed, (M, rows): plain
+        # copies (also of the expanded gradient of a .sum(), a stride-0 view)
+        g_out = grad[b:e].to(dtype).reshape(k, plan.m, length)
+        g_out, g_out_t = (g_out.transpose(1, 2).contiguous().view(rows, -1),
+                          g_out.transpose(0, 1).contiguous().view(plan.m, rows)
+                          if need_weight else None)
         if need_input or need_offset or need_mask:
             if groups == 1:
                 g_cols = _linear(g_out, weights[0].t())
@@ -349,7 +352,7 @@ def _backward(grad: Tensor, input: Tensor, offset: Tensor, weight: Tensor, mask:
             _sparse_mm(sampler.matrix(), src, cols.view(-1, plan.unit))
             cols = cols.view(rows, groups * depth)
             for g in range(groups):
-                g_weights[g] += _linear(g_out[:, g * mg:(g + 1) * mg].t(),
+                g_weights[g] += _linear(g_out_t[g * mg:(g + 1) * mg],
                                         cols[:, g * depth:(g + 1) * depth].t())
     g_weight = None
     if need_weight:
@@ -372,13 +375,13 @@ def _offset_mask_grads(d_entry: Tensor, sampler: _Sampler, plan: _Plan, k: int, 
     d = d_entry.view(k, length, plan.og, plan.per_offset_group, plan.taps, 2, 2).sum(3)
     d = d.permute(4, 5, 0, 1, 2, 3).contiguous()
     wy, wx = sampler.wy, sampler.wx
+    along_x = (d * wx).sum(1)  # (dy, ...): sum over dx of d·wx[dx]
     if g_mask is not None:  # (n, L, og, taps) -> (n, og, taps, L)
-        g_m = (d * wy[:, None] * wx[None, :]).sum((0, 1))
+        g_m = (along_x * wy).sum(0)
         g_mask.copy_(g_m.permute(0, 2, 3, 1).reshape(g_mask.shape))
     if g_offset is not None:  # (2, n, L, og, taps) -> (n, og, taps, 2, L)
-        g_y = ((d[1] - d[0]) * wx).sum(0)
-        g_x = ((d[:, 1] - d[:, 0]) * wy).sum(0)
-        g_yx = torch.stack((g_y, g_x))
+        along_y = (d * wy[:, None]).sum(0)  # (dx, ...): sum over dy of d·wy[dy]
+        g_yx = torch.stack((along_x[1] - along_x[0], along_y[1] - along_y[0]))
         if masked:
             g_yx *= sampler.mask
         g_offset.copy_(g_yx.permute(1, 3, 4, 0, 2).reshape(g_offset.shape))
