@@ -24,6 +24,7 @@ float16/bfloat16 inputs are computed in float32.
 """
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import warnings
@@ -246,11 +247,28 @@ def _workspace(like: Tensor, numel: int, dtype: torch.dtype) -> Tensor:
     size = numel * torch.finfo(dtype).bits // 8
     if like.device.type != "cpu" or size > IM2COL_BUDGET_BYTES:
         return like.new_empty(numel, dtype=dtype)
+    _keep_freed_memory()
     kept = getattr(_kept, "buffer", None)
     if kept is None or kept.dtype != dtype or kept.numel() < numel:
         _kept.buffer = None  # the old one goes before the larger one comes
         kept = _kept.buffer = like.new_empty(numel, dtype=dtype)
     return kept[:numel]
+
+
+@functools.cache
+def _keep_freed_memory() -> None:
+    """Allocate and free one block just under 32 MiB, once per process.
+
+    glibc's malloc returns freed memory at the top of its heap to the kernel once more than
+    M_TRIM_THRESHOLD is free there; that threshold starts at 128 KiB and follows twice the
+    largest mmap-ed block freed so far, up to 64 MiB (mallopt(3), "dynamic mmap threshold").
+    This op's per-chunk temporaries (d(im2col), the sampling matrix, ...) come to ~2x the im2col
+    buffer, so at a 32 MiB budget each chunk gave its memory back and the next one faulted it
+    in again (~15,000 page faults per forward+backward at N=8, C=64, 56x56; d(im2col)'s GEMM
+    ran 3x slower). One freed block at the cap sets the threshold to 64 MiB at once: what glibc
+    would do by itself after any such free. Elsewhere (other allocators) it is one alloc/free."""
+    block = torch.empty((32 * 2**20 - 2**16) // 4, dtype=torch.float32)
+    del block
 
 
 def _linear(a: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
