@@ -2,8 +2,9 @@
 conv2d of the same shape and onnxruntime's native DeformConv forward; LRN within vs across
 channels. Prints Markdown tables (milliseconds, median of --repeat rounds).
 
-The contenders of one case run interleaved (one call each per round, in the same process), so
-load from other jobs on a shared machine hits them alike and the ratios stay meaningful.
+The torch contenders of one case run interleaved (one call each per round, in the same process),
+so load from other jobs on a shared machine hits them alike and the ratios stay meaningful;
+onnxruntime's forward is timed right after them (its thread pool slows torch calls next to it).
 
     .venv/bin/python bench/bench_custom_ops.py [--repeat 9] [--threads 1 2]
 """
@@ -29,15 +30,15 @@ import custom_ops  # noqa: E402
 CASES = [(8, 64, 64, 56, 56, 3, 1), (8, 128, 128, 56, 56, 3, 1), (8, 64, 64, 56, 56, 3, 2)]
 
 
-def interleaved(fns: list, repeat: int) -> list[float]:
-    """Median wall time in ms of each fn, calling them in turn for `repeat` rounds after one
-    warm-up round."""
+def interleaved(fns: list, repeat: int, warmup: int = 3) -> list[float]:
+    """Median wall time in ms of each fn, calling them in turn for `repeat` rounds after
+    `warmup` rounds (the first calls of a process also grow its heap and thread pools)."""
     times = [[] for _ in fns]
-    for round in range(repeat + 1):
+    for round in range(warmup + repeat):
         for fn, spent in zip(fns, times):
             start = time.perf_counter()
             fn()
-            if round:
+            if round >= warmup:
                 spent.append(time.perf_counter() - start)
     return [statistics.median(spent) * 1e3 for spent in times]
 
@@ -96,8 +97,12 @@ def deform_rows(repeat: int, threads: int):
         def conv_bwd():
             F.conv2d(*dense, 1, 1, 1, g).backward(grad)
 
+        times = interleaved([fwd, fwd_bwd, conv, conv_bwd], repeat)
+        # onnxruntime after the torch runs: its thread pool, even with spinning off, slowed
+        # every torch call interleaved with it by 20-40 % here (ours and the dense conv alike)
         native = ort_deform_conv(*(t.numpy() for t in (x, weight, bias, offset, mask)), g, threads)
-        times = interleaved([fwd, fwd_bwd, conv, conv_bwd, native], repeat)
+        times += interleaved([native], repeat)
+        del native
         yield (f"deform_conv2d v2 {shape}", *times)
 
 
