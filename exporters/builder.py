@@ -14,14 +14,17 @@ from onnx import helper
 from cnngraph.errors import ExportError
 from cnngraph.graph import Graph, Node
 
-from .custom_domain import DOMAIN
+from .custom_domain import DOMAIN, min_opset
 
 
 class OnnxContext:
-    """Collects nodes and initializers for one export; `opset` is the model's opset."""
+    """Collects nodes and initializers for one export; `opset` is the model's opset,
+    `deform_body` the body the cnngraph.DeformConv nodes will get."""
 
-    def __init__(self, graph: Graph, state: dict[str, np.ndarray], opset: int):
+    def __init__(self, graph: Graph, state: dict[str, np.ndarray], opset: int,
+                 deform_body: str = "native"):
         self.graph, self.state, self.opset = graph, state, opset
+        self.deform_body = deform_body
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: dict[str, np.ndarray] = {}  # turned into protos once, in place
         self.node: Node | None = None  # the IR node being lowered
@@ -45,7 +48,16 @@ class OnnxContext:
         return names[0] if outputs == 1 else names
 
     def custom(self, op_type: str, *inputs: str | None, **attrs) -> str:
-        """A node of the `cnngraph` domain (its function body is attached at the end)."""
+        """A node of the `cnngraph` domain (its function body is attached at the end); refused
+        when the model's opset is older than that body needs."""
+        need = min_opset(op_type, self.deform_body)
+        if self.opset < need:
+            legacy = min_opset(op_type, "legacy")
+            also = (f", or with --deform-body legacy (deform_body='legacy', opset {legacy} or later)"
+                    if legacy < need else "")
+            raise ExportError(f"layer '{self.node.name}' ({self.node.op}): the cnngraph.{op_type} "
+                              f"function body needs ONNX opset {need} or newer; export with "
+                              f"--opset {need} or later{also}")
         return self.op(op_type, *inputs, domain=DOMAIN, **attrs)
 
     def const(self, array: np.ndarray, what: str = "const") -> str:
@@ -101,9 +113,3 @@ class OnnxContext:
 
     def unsupported(self, node: Node, what: str) -> None:
         raise ExportError(f"layer '{node.name}' ({node.op}): ONNX cannot express {what}")
-
-    def require_opset(self, node: Node, version: int, what: str) -> None:
-        """Refuse, naming the layer and the lowest opset that can, when ours is older."""
-        if self.opset < version:
-            raise ExportError(f"layer '{node.name}' ({node.op}): {what} needs ONNX opset "
-                              f"{version} or newer; export with --opset {version} or later")

@@ -4,8 +4,8 @@
   (mask); inputs, attributes (strides, pads, dilations, group, offset_group) and semantics are
   those of the standard `DeformConv` (opset 19).
 - `cnngraph.LRNWithinChannel(X)` -- Caffe's WITHIN_CHANNEL LRN, attributes kernel_shape
-  (size, size), size odd, alpha, beta:
-  `y = x / (1 + alpha/size^2 * sum_{size x size window, zero padded} x^2) ^ beta`.
+  (size, size), size odd, alpha, beta, bias (default 1, Caffe's value):
+  `y = x / (bias + alpha/size^2 * sum_{size x size window, zero padded} x^2) ^ beta`.
 
 The schemas are registered with onnx (so the checker and shape inference know the nodes); the
 bodies are FunctionProtos written with onnxscript and attached to each model, so a stock
@@ -29,8 +29,12 @@ from onnxscript.values import Opset
 
 DOMAIN = "cnngraph"
 VERSION = 1
-MIN_OPSET = 19  # DeformConv
+MIN_OPSET = 19  # every body: DeformConv
 DEFORM_BODIES = ("native", "legacy")
+#: The oldest opset each body is written in: DeformConv (19) for the native deformable body,
+#: GridSample (16) for the legacy one, CastLike (15) for the LRN.
+BODY_OPSETS = {("DeformConv", "native"): 19, ("DeformConv", "legacy"): 16,
+               ("LRNWithinChannel", "native"): 15, ("LRNWithinChannel", "legacy"): 15}
 
 _cg = Opset(DOMAIN, VERSION)
 _FLOAT_TYPES = ["tensor(float16)", "tensor(float)", "tensor(double)", "tensor(bfloat16)"]
@@ -80,14 +84,16 @@ def _schemas() -> list[OpSchema]:
     deform.set_type_and_shape_inference_function(_deform_conv_shape)
     lrn = OpSchema(
         "LRNWithinChannel", DOMAIN, VERSION,
-        "Caffe WITHIN_CHANNEL LRN: x / (1 + alpha/size^2 * sum of x^2 over a zero-padded "
+        "Caffe WITHIN_CHANNEL LRN: x / (bias + alpha/size^2 * sum of x^2 over a zero-padded "
         "size x size window of the same channel)^beta; kernel_shape = (size, size), size odd.",
         inputs=[_param("X", "input (N, C, H, W)")],
         outputs=[_param("Y", "output, shape of X")],
         type_constraints=[("T", _FLOAT_TYPES, "float tensors")],
         attributes=[_attr("kernel_shape", ints, "window (size, size), size odd", required=True),
                     _attr("alpha", float_, "scale", required=True),
-                    _attr("beta", float_, "exponent", required=True)])
+                    _attr("beta", float_, "exponent", required=True),
+                    OpSchema.Attribute("bias", helper.make_attribute("bias", 1.0),
+                                       "additive constant (Caffe: 1)")])
     lrn.set_type_and_shape_inference_function(_same_as_input)
     return [deform, lrn]
 
@@ -181,8 +187,9 @@ def DeformConvLegacy(X: FLOAT, W: FLOAT, offset: FLOAT, B: FLOAT, mask: FLOAT,
 
 
 @script(_cg, default_opset=op)
-def LRNWithinChannel(X: FLOAT, kernel_shape: Sequence[int], alpha: float, beta: float) -> FLOAT:
-    """x * exp(-beta * log d), d = 1 + alpha * AveragePool(x^2) over the zero-padded window.
+def LRNWithinChannel(X: FLOAT, kernel_shape: Sequence[int], alpha: float, beta: float,
+                     bias: float = 1.0) -> FLOAT:
+    """x * exp(-beta * log d), d = bias + alpha * AveragePool(x^2) over the zero-padded window.
 
     AveragePool with count_include_pad divides by size^2 at the borders too, which is Caffe's
     alpha/size^2 with zero padding; SAME_UPPER pads (size-1)/2 on each side of an odd window.
@@ -191,27 +198,38 @@ def LRNWithinChannel(X: FLOAT, kernel_shape: Sequence[int], alpha: float, beta: 
     """
     sums = op.AveragePool(op.Mul(X, X), kernel_shape=kernel_shape, auto_pad="SAME_UPPER",
                           count_include_pad=1)
-    denom = op.Add(op.Mul(sums, op.CastLike(op.Constant(value_float=alpha), X)), op.CastLike(1.0, X))
+    denom = op.Add(op.Mul(sums, op.CastLike(op.Constant(value_float=alpha), X)),
+                   op.CastLike(op.Constant(value_float=bias), X))
     exponent = op.CastLike(op.Neg(op.Constant(value_float=beta)), X)
-    return op.Mul(X, op.Exp(op.Mul(op.Log(denom), exponent)))  # denom >= 1
+    return op.Mul(X, op.Exp(op.Mul(op.Log(denom), exponent)))
 
 
-def functions(opset: int, deform_body: str = "native") -> list[onnx.FunctionProto]:
-    """The FunctionProtos of the domain, their default-domain import set to `opset`.
+def min_opset(op_type: str, deform_body: str = "native") -> int:
+    """The oldest opset the body of `op_type` can be written in."""
+    return BODY_OPSETS[op_type, deform_body]
 
-    The bodies use ops whose semantics did not change between opset 19 and the newest one,
-    so only the import is rewritten (the checker wants it equal to the model's). The value_info
-    onnxscript derives from the FLOAT annotations is dropped: the bodies serve every float type
-    and rank-4 tensors, not the rank-0 floats it declares.
+
+def functions(opset: int, deform_body: str = "native",
+              names: Sequence[str] = ("DeformConv", "LRNWithinChannel")) -> list[onnx.FunctionProto]:
+    """The FunctionProtos of the domain's ops `names`, their default-domain import set to `opset`.
+
+    The bodies use ops whose semantics did not change between their oldest opset and the newest
+    one, so only the import is rewritten (the checker wants it equal to the model's). The
+    value_info onnxscript derives from the FLOAT annotations is dropped: the bodies serve every
+    float type and rank-4 tensors, not the rank-0 floats it declares.
     """
     if deform_body not in DEFORM_BODIES:
         raise ValueError(f"deform_body must be one of {', '.join(DEFORM_BODIES)}, got {deform_body!r}")
-    if opset < MIN_OPSET:
-        raise ValueError(f"the cnngraph domain needs opset {MIN_OPSET} or newer, got {opset}")
+    for name in names:
+        if opset < min_opset(name, deform_body):
+            raise ValueError(f"the cnngraph.{name} body needs opset {min_opset(name, deform_body)} "
+                             f"or newer, got {opset}")
     deform = (DeformConv if deform_body == "native" else DeformConvLegacy).to_function_proto()
     deform.name = "DeformConv"
     out = []
     for proto in (deform, LRNWithinChannel.to_function_proto()):
+        if proto.name not in names:
+            continue
         del proto.opset_import[:]
         del proto.value_info[:]
         proto.opset_import.extend([helper.make_opsetid("", opset)])
@@ -234,7 +252,7 @@ def attach_functions(model: onnx.ModelProto, deform_body: str = "native") -> onn
         complete_deform_inputs(model)
     kept = [f for f in model.functions if f.domain != DOMAIN]
     del model.functions[:]
-    model.functions.extend(kept + [f for f in functions(opset, deform_body) if f.name in used])
+    model.functions.extend(kept + functions(opset, deform_body, sorted(used)))
     if not any(o.domain == DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(DOMAIN, VERSION))
     return model

@@ -28,7 +28,7 @@ from .opset import default_opset, ir_version_for
 from .writer import save_model
 
 IGNORED_KEYS = ("num_batches_tracked",)  # BatchNorm's step counter: not a weight
-OLDEST_OPSET = 13  # Split with sizes as an input, per-axis Softmax; custom ops need 19
+OLDEST_OPSET = 13  # Split with sizes as an input, per-axis Softmax; custom ops need 15-19
 
 
 def export_onnx(graph: Graph | str | os.PathLike | dict,
@@ -123,7 +123,7 @@ def check_weights(graph: Graph, state: Mapping[str, np.ndarray],
 def to_onnx(graph: Graph, state: dict[str, np.ndarray], *, opset: int, batch: int | str,
             keep_aux: bool = False, deform_body: str = "native") -> onnx.ModelProto:
     graph, state = passes.inference_graph(graph, state, keep_aux=keep_aux)
-    ctx = OnnxContext(graph, state, opset)
+    ctx = OnnxContext(graph, state, opset, deform_body)
     values: dict[str, str] = {}
     graph_inputs = []
     for node in graph:

@@ -48,15 +48,13 @@ def _deform_conv2d(input, offset, weight, bias, mask, stride, padding, dilation)
 
 def _local_response_norm(x, size: int, alpha: float, beta: float, k: float, region: str):
     """across_channels -> standard LRN (same formula, same parameters: x/(k + a/n*sum)^b);
-    within_channel -> cnngraph.LRNWithinChannel (Caffe's, where k is 1)."""
+    within_channel -> cnngraph.LRNWithinChannel, k as its bias."""
     if region == "across_channels":
         if size % 2 == 0:
             raise ValueError("ONNX LRN centres an even window one channel away from PyTorch's; "
                              "use an odd LRN size to export")
         return op.LRN(x, size=size, alpha=alpha, beta=beta, bias=k)
-    if k != 1.0:
-        raise ValueError(f"cnngraph.LRNWithinChannel is Caffe's within-channel LRN, k = 1; got k={k}")
-    return LRNWithinChannelOp(x, kernel_shape=[size, size], alpha=alpha, beta=beta)
+    return LRNWithinChannelOp(x, kernel_shape=[size, size], alpha=alpha, beta=beta, bias=k)
 
 
 def custom_translation_table() -> dict[Callable, Callable]:

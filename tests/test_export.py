@@ -115,7 +115,8 @@ CUSTOM_NET = {
     "layers": [
         {"name": "conv", "op": "conv2d", "out": 8, "kernel": 3, "padding": 1},
         {"name": "dcn1", "op": "deform_conv2d", "out": 8, "kernel": 3, "padding": 1},
-        {"name": "within", "op": "lrn", "region": "within_channel", "size": 5, "alpha": 0.5},
+        {"name": "within", "op": "lrn", "region": "within_channel", "size": 5, "alpha": 0.5,
+         "k": 1.5},
         {"name": "dcn2", "op": "deform_conv2d", "out": 12, "kernel": 3, "padding": 2,
          "dilation": 2, "stride": 2, "modulated": True, "groups": 2, "offset_groups": 2},
         {"name": "across", "op": "lrn", "size": 3, "alpha": 0.1, "k": 2.0},
@@ -150,8 +151,9 @@ def test_torch_onnx_path_gives_the_ir_exports_nodes_and_outputs(custom_net, tmp_
 
 
 def test_legacy_deform_body_matches_torch(custom_net, tmp_path):
+    """At opset 16, the oldest its GridSample allows (the native body needs 19)."""
     graph, module = custom_net
-    export_onnx(graph, module, tmp_path / "legacy.onnx", deform_body="legacy")
+    export_onnx(graph, module, tmp_path / "legacy.onnx", opset=16, deform_body="legacy")
     model = onnx.load(str(tmp_path / "legacy.onnx"))
     body = next(f for f in model.functions if f.name == "DeformConv")
     assert "DeformConv" not in {n.op_type for n in body.node}
@@ -205,10 +207,23 @@ def test_bad_weights_give_one_error_listing_every_difference(tmp_path):
     assert path.read_bytes() == b"previous export" and os.listdir(tmp_path) == ["bad.onnx"]
 
 
+def test_within_channel_lrn_exports_at_opset_15(tmp_path):
+    """Its body needs CastLike (opset 15), nothing newer."""
+    graph, module = build("lrn_within_net")
+    export_onnx(graph, module, tmp_path / "old.onnx", opset=15)
+    onnx.checker.check_model(str(tmp_path / "old.onnx"), full_check=True)
+    x = np.random.default_rng(4).standard_normal((2, *graph.input_shape), dtype=np.float32)
+    assert_matches(run_onnx(tmp_path / "old.onnx", x), run_torch(module, x))
+    with pytest.raises(ExportError, match=r"LRNWithinChannel function body needs ONNX opset 15"):
+        export_onnx(graph, module, tmp_path / "older.onnx", opset=14)
+
+
 def test_an_opset_too_old_names_the_layer_and_the_opset(custom_net, tmp_path):
     graph, module = custom_net
-    with pytest.raises(ExportError, match=r"layer 'dcn1'.*opset 19"):
+    with pytest.raises(ExportError, match=r"layer 'dcn1'.*opset 19 or newer.*--deform-body legacy.*opset 16"):
         export_onnx(graph, module, tmp_path / "old.onnx", opset=18)
+    with pytest.raises(ExportError, match=r"layer 'dcn1'.*opset 16 or newer"):
+        export_onnx(graph, module, tmp_path / "old.onnx", opset=15, deform_body="legacy")
 
 
 def test_export_and_verify_commands(tmp_path, capsys):

@@ -74,7 +74,8 @@ def test_deform_conv_node_matches_bare_deform_conv(case, body):
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
-def lrn_within_channel_reference(x: np.ndarray, size: int, alpha: float, beta: float) -> np.ndarray:
+def lrn_within_channel_reference(x: np.ndarray, size: int, alpha: float, beta: float,
+                                 bias: float = 1.0) -> np.ndarray:
     """Caffe WITHIN_CHANNEL, written out: explicit window loops over a zero-padded x^2."""
     half = (size - 1) // 2
     sq = np.pad(x.astype(np.float64) ** 2, ((0, 0), (0, 0), (half, half), (half, half)))
@@ -82,19 +83,21 @@ def lrn_within_channel_reference(x: np.ndarray, size: int, alpha: float, beta: f
     for dy in range(size):
         for dx in range(size):
             total += sq[:, :, dy:dy + x.shape[2], dx:dx + x.shape[3]]
-    return (x / (1 + alpha / size ** 2 * total) ** beta).astype(np.float32)
+    return (x / (bias + alpha / size ** 2 * total) ** beta).astype(np.float32)
 
 
-@pytest.mark.parametrize("size", [1, 3, 5, 7])
-def test_lrn_within_channel_matches_closed_form(size):
+@pytest.mark.parametrize("size,bias", [(1, None), (3, None), (5, None), (7, None), (3, 2.5)])
+def test_lrn_within_channel_matches_closed_form(size, bias):
+    """Every window size; bias left out is Caffe's 1."""
     rng = np.random.default_rng(size)
     x = 3 * rng.standard_normal((2, 3, 9, 6), dtype=np.float32)
     alpha, beta = 0.7, 0.75
-    node = helper.make_node("LRNWithinChannel", ["x"], ["y"], domain="cnngraph", kernel_shape=[size, size],
-                            alpha=alpha, beta=beta)
+    extra = {} if bias is None else {"bias": bias}
+    node = helper.make_node("LRNWithinChannel", ["x"], ["y"], domain="cnngraph",
+                            kernel_shape=[size, size], alpha=alpha, beta=beta, **extra)
     got = _run(_model(node, {"x": x}), {"x": x})
-    np.testing.assert_allclose(got, lrn_within_channel_reference(x, size, alpha, beta),
-                               rtol=1e-5, atol=1e-6)
+    want = lrn_within_channel_reference(x, size, alpha, beta, 1.0 if bias is None else bias)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("opset", [custom_domain.MIN_OPSET, OPSET])

@@ -396,7 +396,6 @@ class DeformConv2d(Op):
     def onnx(self, ctx, node, inputs):
         """The offset (and mask logit) convolution as a Conv, then a cnngraph.DeformConv node
         (the standard DeformConv's inputs and attributes; v2 gets sigmoid(mask logits))."""
-        ctx.require_opset(node, 19, "deformable convolution (DeformConv)")
         a = node.attrs
         (ph, pw) = a["padding"]
         pads = (ph, pw, ph, pw)

@@ -46,7 +46,7 @@ class BatchNorm(Op):
 class LRN(Op):
     """Local response normalisation. across_channels (AlexNet, Caffe, PyTorch, ONNX):
     y = x / (k + alpha/n * sum of x^2 over n neighbouring channels)^beta. within_channel (Caffe):
-    y = x / (1 + alpha/n^2 * sum of x^2 over an n x n window, zero-padded)^beta, n odd, k unused.
+    y = x / (k + alpha/n^2 * sum of x^2 over an n x n window, zero-padded)^beta, n odd (Caffe: k=1).
     Its receptive field: within_channel grows it by the n x n window."""
 
     name = "lrn"
@@ -54,7 +54,7 @@ class LRN(Op):
         "size": Attr(5, "window: channels (across) or n x n pixels (within, odd)", "int"),
         "alpha": Attr(1e-4, "scale of the sum of squares (divided by the window size)", "float"),
         "beta": Attr(0.75, "exponent", "float"),
-        "k": Attr(1.0, "additive constant (across_channels)", "float"),
+        "k": Attr(1.0, "additive constant (Caffe's within_channel: 1)", "float"),
         "region": Attr("across_channels", "where the window lies", "str",
                        ("across_channels", "within_channel")),
     }
@@ -84,15 +84,11 @@ class LRN(Op):
     def onnx(self, ctx, node, inputs):
         """across_channels: the standard LRN, same formula and parameters (odd sizes: ONNX
         centres an even window one channel away from PyTorch's); within_channel: the custom
-        cnngraph.LRNWithinChannel (Caffe's, k = 1)."""
+        cnngraph.LRNWithinChannel, k as its bias (Caffe's is 1)."""
         a = node.attrs
         if a["region"] == "within_channel":
-            ctx.require_opset(node, 19, "the cnngraph.LRNWithinChannel function body")
-            if a["k"] != 1.0:
-                ctx.unsupported(node, f"a within-channel LRN with k={a['k']} (Caffe's, which "
-                                "cnngraph.LRNWithinChannel is, has k = 1)")
             return ctx.custom("LRNWithinChannel", inputs[0], kernel_shape=[a["size"]] * 2,
-                              alpha=a["alpha"], beta=a["beta"])
+                              alpha=a["alpha"], beta=a["beta"], bias=a["k"])
         if a["size"] % 2 == 0:
             ctx.unsupported(node, "an even across-channel LRN size (ONNX LRN centres the window "
                             "one channel away from PyTorch's); use an odd size")
