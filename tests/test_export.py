@@ -19,6 +19,7 @@ import cnngraph
 from cnngraph import zoo
 from cnngraph.cli import main as cli
 from cnngraph.errors import ExportError
+from cnngraph.runtime import cuda_status
 from exporters import DOMAIN, export_onnx, torch_onnx_export
 
 ZOO = zoo.names()
@@ -237,6 +238,16 @@ def test_export_and_verify_commands(tmp_path, capsys):
     assert cli(["export", "lenet5", "-o", str(path), "--weights", str(tmp_path / "none.pt")]) == 2
 
 
+def test_verify_says_when_the_model_came_from_another_spec(tmp_path, capsys):
+    spec = {"name": "other", "input": [1, 32, 32], "layers": [
+        {"name": "flat", "op": "flatten"}, {"name": "fc", "op": "linear", "out": 10}]}
+    (tmp_path / "other.json").write_text(json.dumps(spec))
+    path = tmp_path / "other.onnx"
+    assert cli(["export", str(tmp_path / "other.json"), "-o", str(path)]) == 0
+    assert cli(["verify", str(path), "--against", "lenet5"]) == 1
+    assert "exported from spec 'other', and --against gives 'lenet5'" in capsys.readouterr().out
+
+
 def test_a_static_batch_is_verified_at_its_size(tmp_path, capsys):
     path = tmp_path / "b2.onnx"
     assert cli(["export", "lenet5", "-o", str(path), "--static-batch", "2"]) == 0
@@ -258,6 +269,10 @@ def test_command_user_errors_are_one_line(tmp_path, capsys):
         return err
 
     assert "(1, 32, 32)" in error("verify", str(lenet), "--against", "resnet18")  # other input
+    if not cuda_status()[0]:
+        message = error("verify", str(lenet), "--against", "lenet5", "--placement", "cuda")
+        assert "--placement cuda asked for" in message and "--placement cpu" in message
+        assert "--device" not in message  # verify has no such flag
     garbage = tmp_path / "bad.onnx"
     garbage.write_text("garbage\n")
     assert "not an ONNX model" in error("verify", str(garbage), "--against", "lenet5")

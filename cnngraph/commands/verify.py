@@ -36,8 +36,18 @@ def run(args) -> int:
 
     if not args.model.is_file():
         raise InputError(f"{args.model}: no such model file")
+    if args.placement == "cuda":  # before the parity run, which would be wasted
+        from ..runtime import PlacementError, cuda_status
+        usable, reason = cuda_status()
+        if not usable:
+            raise PlacementError(f"--placement cuda asked for, but {reason}; check placement on "
+                                 "this machine with --placement cpu")
     model = read_model(args.model)
     graph, module = resolve(args.against, args.weights, args.seed)
+    exported_from = _spec_name(model)
+    if exported_from and exported_from != graph.name:
+        print(f"note: {args.model} was exported from spec '{exported_from}', and --against "
+              f"gives '{graph.name}'")
     (feed,) = model.graph.input
     dims = [d.dim_value if d.HasField("dim_value") else d.dim_param
             for d in feed.type.tensor_type.shape.dim]
@@ -90,6 +100,16 @@ def run(args) -> int:
 
         print(check_placement(args.model, args.placement).table())
     return 0
+
+
+def _spec_name(model) -> str | None:
+    """The name of the spec recorded in the model's metadata, if any."""
+    import json
+    props = {p.key: p.value for p in model.metadata_props}
+    try:
+        return json.loads(props["cnngraph.spec"]).get("name")
+    except (KeyError, ValueError, AttributeError):
+        return None
 
 
 def read_model(path: Path) -> onnx.ModelProto:
