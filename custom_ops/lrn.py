@@ -31,7 +31,7 @@ def _check(x: Tensor, size: int, region: str) -> None:
     if region == "within_channel" and size % 2 == 0:
         raise ValueError(f"local_response_norm: within_channel needs an odd size (a size×size "
                          f"window centred on each pixel), got size={size} for x of shape "
-                         f"{tuple(x.shape)}")
+                         f"{tuple(x.shape)}; use size {size - 1} or {size + 1}")
 
 
 def _window_mean(t: Tensor, size: int, region: str, transposed: bool = False) -> Tensor:

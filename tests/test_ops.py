@@ -411,7 +411,7 @@ def test_adaptive_pool_window_for_uneven_bins():
      "linear needs a (N, F) input, got (N,256,6,6): add a flatten layer"),
     ("batch_norm", [("N", 4, 5)], dict(), "batch_norm needs a (N, C, H, W) or (N, F) input"),
     ("lrn", [("N", 4, 5, 5)], dict(region="within_channel", size=4),
-     "within_channel lrn needs an odd size"),
+     "within_channel lrn needs an odd size (a window centred on each pixel), got 4; use size 3 or 5"),
     ("max_pool2d", [("N", 4, 8, 8)], dict(kernel=3, padding=2),
      "max_pool2d padding 2x2 is more than half the kernel 3x3"),
     ("avg_pool2d", [("N", 4, 2, 2)], dict(kernel=3),

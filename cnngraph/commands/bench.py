@@ -12,6 +12,7 @@ import json
 import tempfile
 from pathlib import Path
 
+from . import about
 from ..errors import InputError
 from ..runtime.benchmark import busy_note, compare, table
 from ..runtime.predictor import SPEC_SUFFIXES
@@ -20,7 +21,7 @@ from ..runtime.session import CUDA, resolve_device
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("bench", help="time PyTorch against onnxruntime on one model",
-                              description=__doc__.splitlines()[0])
+                              description=about(__doc__))
     p.add_argument("model", help="a spec file, a zoo name, a training run folder, or an exported .onnx")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--batch-sizes", default="1,8,64", help="comma-separated (default 1,8,64)")
@@ -37,12 +38,26 @@ def register(subparsers) -> None:
 
 def batch_sizes(text: str) -> list[int]:
     try:
-        sizes = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
+        sizes = [int(s) for s in text.split(",")]
+    except ValueError:  # also an empty item, as in "1,,8"
         sizes = []
     if not sizes or min(sizes) < 1:
         raise InputError(f"--batch-sizes must be positive integers separated by commas, not {text!r}")
     return sizes
+
+
+def spec_graph(model: Path):
+    """The graph of the spec in the model's cnngraph.spec metadata, or None without one."""
+    import onnx
+
+    import cnngraph
+    props = {p.key: p.value for p in onnx.load(str(model), load_external_data=False).metadata_props}
+    if "cnngraph.spec" not in props:
+        return None
+    try:
+        return cnngraph.load(json.loads(props["cnngraph.spec"]))
+    except (ValueError, cnngraph.CnnGraphError):  # unreadable metadata: no MAC count, no harm
+        return None
 
 
 def module_for_onnx(model: Path, weights: Path):
@@ -84,6 +99,7 @@ def run(args) -> int:
         module = module_for_onnx(source, args.weights) if args.weights else None
         rows = compare(module, source, sizes, **options)
         name = source.name
+        graph = spec_graph(source)
     else:
         from exporters import export_onnx
 
@@ -94,7 +110,8 @@ def run(args) -> int:
             export_onnx(graph, module, path)
             rows = compare(module, path, sizes, **options)
         name = graph.name
-        for row in rows:  # how close each engine comes to the machine's arithmetic peak
+    if graph is not None:  # how close each engine comes to the machine's arithmetic peak
+        for row in rows:
             row.gmacs = graph.macs_for(False) * row.throughput / 1e9
     if args.json:
         print(json.dumps({"model": name, "device": device, "fp16": args.fp16,

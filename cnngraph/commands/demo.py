@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import about
 from ..errors import InputError
 
 SPEC = "lenet5"
@@ -18,7 +19,7 @@ SHOWN = 8
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("demo", help="train, export, verify, infer and bench LeNet-5",
-                              description=__doc__.splitlines()[0])
+                              description=about(__doc__))
     p.add_argument("--out", type=Path, default=Path("runs/demo"),
                    help="run folder (default ./runs/demo; an earlier demo's run there is replaced)")
     p.add_argument("--epochs", type=int, default=3, help="training epochs (default 3)")

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
+from . import about
 from ..errors import InputError
 from ..runtime import Predictor, load_inputs
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("infer", help="run an exported model on images, .npy or .npz files",
-                              description=__doc__.splitlines()[0])
+                              description=about(__doc__))
     p.add_argument("model", type=Path, help="exported model (.onnx)")
     p.add_argument("inputs", type=Path, nargs="+",
                    help="image files (PNG, JPEG, ...), .npy or .npz arrays, (C,H,W) or (N,C,H,W)")

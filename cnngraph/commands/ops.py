@@ -2,13 +2,14 @@
 default, meaning) and documentation, read from the op registry."""
 from __future__ import annotations
 
+from . import about
 from ..errors import SpecError
 from ..expand import suggest
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("ops", help="list the ops with their attributes and defaults",
-                              description=__doc__.splitlines()[0])
+                              description=about(__doc__))
     p.add_argument("names", nargs="*", metavar="OP", help="only these ops (default: all)")
     p.set_defaults(func=run)
 

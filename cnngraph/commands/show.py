@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 
+from . import about
 from ..errors import InputError
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("show", help="per-layer shapes, params, MACs, receptive fields",
-                              description=__doc__.splitlines()[0])
+                              description=about(__doc__))
     p.add_argument("spec", help="a spec file (.yaml/.yml/.json) or a zoo name")
     p.add_argument("--input-shape", metavar="N,C,H,W",
                    help="input shape to use instead of the spec's (batch optional: 3,64,64)")

@@ -2,10 +2,12 @@
 with the training-only auxiliary heads in brackets where they add parameters)."""
 from __future__ import annotations
 
+from . import about
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("zoo", help="list the zoo's models with their parameter counts",
-                              description=__doc__.splitlines()[0])
+                              description=about(__doc__))
     p.set_defaults(func=run)
 
 

@@ -65,8 +65,9 @@ class LRN(Op):
         if len(shape) != 4:
             raise ShapeError(f"lrn needs a (N, C, H, W) feature map, got {fmt(shape)}")
         if node.attrs["region"] == "within_channel" and node.attrs["size"] % 2 == 0:
+            n = node.attrs["size"]
             raise ShapeError(f"within_channel lrn needs an odd size (a window centred on each "
-                             f"pixel), got {node.attrs['size']}")
+                             f"pixel), got {n}; use size {n - 1} or {n + 1}")
         return shape
 
     def window(self, node, ins):
