@@ -112,6 +112,8 @@ def test_fixed_batch_model_runs_in_padded_chunks(tmp_path, capsys):
 
 @pytest.mark.parametrize("make, message", [
     (lambda d: np.save(d / "bad.npy", np.zeros((2, 8, 8), np.float32)), "model expects (3, 8, 8)"),
+    (lambda d: np.save(d / "bad.npy", np.zeros((8, 8, 3), np.float32)),
+     "looks channels-last (H, W, C): transpose it"),
     (lambda d: np.save(d / "bad.npy", np.zeros((3, 8, 8), np.int32)), "neither uint8 pixels nor floats"),
     (lambda d: np.save(d / "bad.npy", np.zeros((8, 8), np.float32)), "(C, H, W) or (N, C, H, W)"),
     (lambda d: (d / "bad.png").write_bytes(b"not a png"), "cannot read it as an image"),

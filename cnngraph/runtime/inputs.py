@@ -95,13 +95,19 @@ def _as_batch(array: np.ndarray, where: str, expected: tuple[int, ...] | None) -
     if array.ndim == 3:
         array = array[None]
     if array.ndim != 4:
+        hint = ("; add the channel axis: a[None] for one sample, a[:, None] for a batch"
+                if array.ndim == 2 and expected is not None and expected[0] == 1 else "")
         raise InputError(f"{where}: expected an array of shape (C, H, W) or (N, C, H, W), got "
-                         f"shape {array.shape}")
+                         f"shape {array.shape}{hint}")
     if len(array) == 0:
         raise InputError(f"{where}: holds no samples (shape {array.shape})")
     if expected is not None and tuple(array.shape[1:]) != tuple(expected):
+        channels_last = (*array.shape[1:][2:], *array.shape[1:][:2])
+        hint = ("; it looks channels-last (H, W, C): transpose it with "
+                "a.transpose(0, 3, 1, 2) (or a.transpose(2, 0, 1) for one sample)"
+                if channels_last == tuple(expected) else "")
         raise InputError(f"{where}: each sample has shape {tuple(array.shape[1:])}, the model "
-                         f"expects {tuple(expected)} (C, H, W)")
+                         f"expects {tuple(expected)} (C, H, W){hint}")
     return array
 
 
