@@ -97,9 +97,10 @@ def run(args) -> int:
         if not source.is_file():
             raise InputError(f"{source}: no such model file")
         module = module_for_onnx(source, args.weights) if args.weights else None
-        rows = compare(module, source, sizes, **options)
-        name = source.name
         graph = spec_graph(source)
+        macs = graph.macs_for(False) if graph is not None else None
+        rows = compare(module, source, sizes, macs=macs, **options)
+        name = source.name
     else:
         from exporters import export_onnx
 
@@ -108,11 +109,8 @@ def run(args) -> int:
         with tempfile.TemporaryDirectory(prefix="cnngraph-bench-") as folder:
             path = Path(folder) / f"{graph.name}.onnx"
             export_onnx(graph, module, path)
-            rows = compare(module, path, sizes, **options)
+            rows = compare(module, path, sizes, macs=graph.macs_for(False), **options)
         name = graph.name
-    if graph is not None:  # how close each engine comes to the machine's arithmetic peak
-        for row in rows:
-            row.gmacs = graph.macs_for(False) * row.throughput / 1e9
     if args.json:
         print(json.dumps({"model": name, "device": device, "fp16": args.fp16,
                           "torch_threads": torch.get_num_threads(),

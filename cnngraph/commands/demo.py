@@ -122,7 +122,7 @@ def run(args) -> int:
     if note := busy_note():
         print("      " + note)
     rows = compare(module, model_path, [1, 64], device="cuda" if predictor.provider.startswith("CUDA") else "cpu",
-                   budget_s=0.3 if args.quick else 2.0)
+                   budget_s=0.3 if args.quick else 2.0, macs=graph.macs_for(False))
     print("\n".join("      " + line for line in table(rows).splitlines()))
     print(f"\ndone in {time.perf_counter() - started:.0f} s. Next: cnngraph infer {model_path} IMAGE.png")
     return 0 if verdict == "PASS" else 1

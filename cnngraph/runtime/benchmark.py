@@ -72,9 +72,10 @@ def model_input_shape(model_path: str | Path) -> list:
 
 def compare(module, model_path: str | Path, batch_sizes: list[int], *, device: str = "cpu",
             fp16: bool = False, compile: bool = False, cuda_graph: bool = False,
-            seed: int = 0, **timing) -> list[Timing]:
+            seed: int = 0, macs: int | None = None, **timing) -> list[Timing]:
     """Time `module` (torch, None for onnxruntime only) and the exported model at each batch
-    size on one device, on the same seeded inputs. Parity: the largest absolute difference
+    size on one device, on the same seeded inputs; with `macs` (per sample) each row also gets
+    its multiply-accumulate rate. Parity: the largest absolute difference
     from torch eager in float32 over the largest eager magnitude (random-init nets can have
     huge logits); fp16 runs are compared against that float32 reference too.
 
@@ -127,6 +128,9 @@ def compare(module, model_path: str | Path, batch_sizes: list[int], *, device: s
             out = predictor.run(x)[0]
             t = measure(lambda: predictor.run(x), batch, "onnxruntime", **timing)
         rows += eager_rows[batch] + [_against(t, eager, out, references.get(batch))]
+    if macs:  # how close each engine comes to the machine's arithmetic peak
+        for row in rows:
+            row.gmacs = macs * row.throughput / 1e9
     return rows
 
 
