@@ -251,7 +251,8 @@ def _workspace(like: Tensor, numel: int, dtype: torch.dtype) -> Tensor:
     kept = getattr(_kept, "buffer", None)
     if kept is None or kept.dtype != dtype or kept.numel() < numel:
         _kept.buffer = None  # the old one goes before the larger one comes
-        kept = _kept.buffer = like.new_empty(numel, dtype=dtype)
+        with torch.inference_mode(False):  # else a later call outside it may not write to it
+            kept = _kept.buffer = like.new_empty(numel, dtype=dtype)
     return kept[:numel]
 
 

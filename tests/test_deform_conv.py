@@ -137,6 +137,21 @@ def test_float32_gradients_match_float64(groups, og):
         torch.testing.assert_close(low.double(), high, rtol=1e-4, atol=1e-4)
 
 
+def test_inference_mode_then_training():
+    """The im2col buffer a thread keeps between calls is made outside inference mode, so a call
+    under torch.inference_mode() (evaluation) does not break the next training step."""
+    x, offset, weight, bias, mask = (t.float() for t in make_case(
+        2, 4, 4, (8, 8), (3, 3), (1, 1), (1, 1), (1, 1), 1, 1, True, 1.0))
+    dc._kept.buffer = None  # this thread's first call is the one under inference mode
+    with torch.inference_mode():
+        evaluated = custom_ops.deform_conv2d(x, offset, weight, bias, 1, 1, 1, mask)
+    leaf = x.clone().requires_grad_()
+    trained = custom_ops.deform_conv2d(leaf, offset, weight, bias, 1, 1, 1, mask)
+    trained.sum().backward()
+    torch.testing.assert_close(trained.detach(), evaluated)
+    assert leaf.grad is not None and torch.isfinite(leaf.grad).all()
+
+
 def test_module_starts_as_plain_convolution():
     torch.manual_seed(0)
     for modulated in (False, True):
