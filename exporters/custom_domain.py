@@ -189,19 +189,20 @@ def DeformConvLegacy(X: FLOAT, W: FLOAT, offset: FLOAT, B: FLOAT, mask: FLOAT,
 @script(_cg, default_opset=op)
 def LRNWithinChannel(X: FLOAT, kernel_shape: Sequence[int], alpha: float, beta: float,
                      bias: float = 1.0) -> FLOAT:
-    """x * exp(-beta * log d), d = bias + alpha * AveragePool(x^2) over the zero-padded window.
+    """x / exp(beta * log d), d = bias + alpha * AveragePool(x^2) over the zero-padded window.
 
     AveragePool with count_include_pad divides by size^2 at the borders too, which is Caffe's
     alpha/size^2 with zero padding; SAME_UPPER pads (size-1)/2 on each side of an odd window.
     The window is the node's kernel_shape attribute because a function body cannot build one
-    from an int. exp(-beta * log d) is about 10x faster than Pow on onnxruntime's CPU provider.
+    from an int. exp(beta * log d) is about 10x faster than Pow on onnxruntime's CPU provider.
     """
     sums = op.AveragePool(op.Mul(X, X), kernel_shape=kernel_shape, auto_pad="SAME_UPPER",
                           count_include_pad=1)
-    denom = op.Add(op.Mul(sums, op.CastLike(op.Constant(value_float=alpha), X)),
-                   op.CastLike(op.Constant(value_float=bias), X))
-    exponent = op.CastLike(op.Neg(op.Constant(value_float=beta)), X)
-    return op.Mul(X, op.Exp(op.Mul(op.Log(denom), exponent)))
+    scale = op.CastLike(op.Constant(value_float=alpha), X)
+    shift = op.CastLike(op.Constant(value_float=bias), X)
+    power = op.CastLike(op.Constant(value_float=beta), X)  # each constant cast at once, so
+    denom = op.Add(op.Mul(sums, scale), shift)                # a float16 conversion types it
+    return op.Div(X, op.Exp(op.Mul(op.Log(denom), power)))
 
 
 def min_opset(op_type: str, deform_body: str = "native") -> int:

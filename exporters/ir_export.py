@@ -13,6 +13,7 @@ from typing import Mapping
 
 import numpy as np
 import onnx
+import onnx.inliner
 import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper
@@ -180,10 +181,46 @@ def _version() -> str:
     return cnngraph.__version__
 
 
-def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
-    """float16 weights and compute, float32 inputs and outputs; the cnngraph nodes stay float32
-    (onnxruntime's CPU DeformConv is float32 only) behind casts."""
+def to_float16(model: onnx.ModelProto, inline: bool = False) -> onnx.ModelProto:
+    """float16 weights and compute, float32 inputs and outputs. The cnngraph nodes stay float32
+    behind casts (onnxruntime's CPU DeformConv is float32 only), or with `inline` their bodies
+    are inlined first and compute in float16 too (for the CUDA provider's tensor cores)."""
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-    block = list(DEFAULT_OP_BLOCK_LIST) + ["DeformConv", "LRNWithinChannel"]
-    return convert_float_to_float16(model, keep_io_types=True, op_block_list=block)
+    if inline:
+        model = onnx.inliner.inline_local_functions(model)
+    block = list(DEFAULT_OP_BLOCK_LIST) + ([] if inline else ["DeformConv", "LRNWithinChannel"])
+    model = convert_float_to_float16(model, keep_io_types=True, op_block_list=block)
+    sort_nodes(model.graph)  # the converter appends the input casts at the end
+    # it also declares the float attributes of (inlined) Constant nodes float16 without
+    # converting them; their CastLike does that at run time, so drop the wrong declarations
+    floats = {n.output[0] for n in model.graph.node if n.op_type == "Constant"
+              and n.attribute[0].name in ("value_float", "value_floats")}
+    kept = [v for v in model.graph.value_info if v.name not in floats]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(kept)
+    return model
+
+
+def sort_nodes(graph: onnx.GraphProto) -> None:
+    """Put `graph`'s nodes in an order where each comes after the producers of its inputs (the
+    checker requires it), keeping the given order otherwise."""
+    ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    ordered, waiting = [], list(graph.node)
+    while waiting:  # a pass per level of out-of-order nodes: two for appended casts
+        still = []
+        for node in waiting:
+            if all(i in ready for i in node.input):
+                ordered.append(node)
+                ready.update(node.output)
+            else:
+                still.append(node)
+        if len(still) == len(waiting):
+            raise ExportError(f"graph {graph.name}: nodes {[n.name for n in still[:5]]} wait "
+                              "on values nothing produces")
+        waiting = still
+    copies = [onnx.NodeProto() for _ in ordered]
+    for copy, node in zip(copies, ordered):
+        copy.CopyFrom(node)
+    del graph.node[:]
+    graph.node.extend(copies)

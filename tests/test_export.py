@@ -166,6 +166,7 @@ def test_legacy_deform_body_matches_torch(custom_net, tmp_path):
 def test_fp16_export_stays_within_its_tolerance(name, tmp_path):
     graph, module = build(name)
     export_onnx(graph, module, tmp_path / "half.onnx", fp16=True)
+    onnx.checker.check_model(str(tmp_path / "half.onnx"), full_check=True)
     model = onnx.load(str(tmp_path / "half.onnx"))
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
     x = np.random.default_rng(3).standard_normal((3, *graph.input_shape), dtype=np.float32)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -180,6 +181,43 @@ def test_fp16_model_keeps_float32_io(model):
     assert not m.functions   # inlined before conversion
     out = Predictor(model, "cpu", fp16=True).run(X)[0]
     np.testing.assert_allclose(out, reference(X), rtol=2e-2, atol=2e-2)
+
+
+def test_fp16_copy_of_the_custom_op_nets(tmp_path):
+    """The inlined cnngraph bodies (DeformConv, the within-channel LRN) compute in float16 and
+    match PyTorch's float32 to fp16 precision; the copy passes the full checker."""
+    import cnngraph
+    from exporters import export_onnx
+    for name in ("lrn_within_net", "dcn_net"):
+        graph = cnngraph.load(name)
+        torch.manual_seed(0)
+        module = cnngraph.build(graph).eval()
+        export_onnx(graph, module, tmp_path / f"{name}.onnx")
+        predictor = Predictor(tmp_path / f"{name}.onnx", "cpu", fp16=True, cache=False)
+        onnx.checker.check_model(str(predictor.source), full_check=True)
+        x = np.random.default_rng(0).standard_normal((2, *graph.input_shape)).astype(np.float32)
+        with torch.no_grad():
+            want = module(torch.from_numpy(x)).numpy()
+        got = predictor.run(x)[0]
+        assert np.abs(got - want).max() <= 2e-3 * np.abs(want).max(), name
+
+
+def test_fp16_copy_goes_to_the_temp_folder_when_the_model_folder_is_read_only(model, monkeypatch,
+                                                                               tmp_path):
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    save = onnx.save
+
+    def read_only_beside_model(proto, path, *args, **kwargs):
+        if Path(path).parent == Path(model).parent:
+            raise PermissionError(13, "Permission denied", str(path))
+        return save(proto, path, *args, **kwargs)
+
+    monkeypatch.setattr(onnx, "save", read_only_beside_model)
+    copy = float16_model(Path(model))
+    assert copy.parent == tmp_path / "tmp" and copy.is_file()
+    assert not list(Path(model).parent.glob("*.fp16-*"))
 
 
 def test_metadata_is_parsed(tmp_path):

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnx.inliner
 import onnxruntime as ort
 
 from ..errors import InputError
@@ -60,7 +59,12 @@ class Predictor:
         # the cache holds the fully optimised graph; profiling wants names as onnxruntime builds them
         tag = ("cuda-nhwc" if cuda.nhwc(fp16) else "cuda") if on_cuda else "cpu"
         cached = cache and not profile_dir and optimization == "all"
-        self.session = create_session(source, so, providers, cache_tag=tag if cached else None)
+        try:
+            self.session = create_session(source, so, providers, cache_tag=tag if cached else None)
+        except InputError:
+            if fp16:  # a copy that does not load is not kept for the next call
+                source.unlink(missing_ok=True)
+            raise
         if on_cuda and CUDA not in self.session.get_providers():
             raise InputError(f"{path}: onnxruntime did not start its CUDA provider for this model")
         self.meta = ModelMeta.from_props(self.session.get_modelmeta().custom_metadata_map, str(path))
@@ -232,19 +236,32 @@ class Predictor:
 
 def float16_model(path: Path) -> Path:
     """The fp16 copy of an fp32 model (weights and compute in float16, inputs and outputs kept
-    float32), written once beside it. Made for the CUDA provider's tensor cores; the CPU
-    provider runs it too, where it has float16 kernels, slowly. cnngraph functions are inlined first: the converter leaves
-    function bodies in float32, which would then receive float16 tensors."""
-    target = path.with_name(f"{path.stem}.fp16-{digest(path)}.onnx")
-    if target.exists():
-        return target
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-    model = onnx.inliner.inline_local_functions(onnx.load(str(path)))
-    model = convert_float_to_float16(model, keep_io_types=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    onnx.save(model, str(tmp))
-    tmp.replace(target)
-    return target
+    float32), made for the CUDA provider's tensor cores; the CPU provider runs it too, where it
+    has float16 kernels, slowly. The cnngraph functions are inlined first, so their bodies
+    compute in float16 too. Written once beside the model, or in the temporary folder when
+    that one is read-only; the name holds the model's digest and the onnxruntime and cnngraph
+    versions, so a new converter makes a new copy."""
+    import tempfile
+
+    from exporters.ir_export import to_float16
+
+    from .. import __version__
+    name = f"{path.stem}.fp16-ort{ort.__version__}-cg{__version__}-{digest(path)}.onnx"
+    folders = (path.parent, Path(tempfile.gettempdir()))
+    for folder in folders:
+        if (folder / name).exists():
+            return folder / name
+    model = to_float16(onnx.load(str(path)), inline=True)
+    for folder in folders:
+        tmp = folder / f".{name}.tmp"
+        try:
+            onnx.save(model, str(tmp))
+            tmp.replace(folder / name)
+            return folder / name
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            log.info("cannot write the float16 copy into %s (%s)", folder, exc)
+    raise InputError(f"{path}: cannot write its float16 copy beside it or in {folders[-1]}")
 
 
 def _shape(value) -> tuple[int, ...]:
