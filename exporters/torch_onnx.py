@@ -17,7 +17,7 @@ from onnxscript.values import Op, Opset
 
 from cnngraph.errors import ExportError
 
-from .custom_domain import DOMAIN, VERSION, attach_functions
+from .custom_domain import DEFORM_BODIES, DOMAIN, VERSION, attach_functions
 from .opset import default_opset, ir_version_for
 from .writer import save_model
 
@@ -65,22 +65,42 @@ def custom_translation_table() -> dict[Callable, Callable]:
             torch.ops.cnngraph.local_response_norm.default: _local_response_norm}
 
 
+DYNAMO_OLDEST_OPSET = 18  # torch.onnx's dynamo exporter writes nothing older
+
+
 def torch_onnx_export(module: torch.nn.Module, args: tuple, path: str | os.PathLike, *,
                       opset: int | None = None, dynamic_batch: bool = True,
                       deform_body: str = "native", **kwargs: Any) -> onnx.ModelProto:
     """`torch.onnx.export(dynamo=True)` with the cnngraph translations, then the function
-    bodies attached and the IR version set for onnxruntime; written atomically to `path`."""
+    bodies attached and the IR version set for onnxruntime; written atomically to `path`.
+    The module is exported in eval mode and left in the mode it came in. The dynamo exporter
+    writes opset 18 or newer; for older opsets export through the IR (`export_onnx`)."""
     opset = opset or default_opset()
     if opset > default_opset():
         raise ExportError(f"opset {opset} is newer than the installed onnxruntime runs "
                           f"(up to {default_opset()})")
+    if opset < DYNAMO_OLDEST_OPSET:
+        raise ExportError(f"torch.onnx.export(dynamo=True) writes opset {DYNAMO_OLDEST_OPSET} or "
+                          f"newer, not {opset}; for an older opset export the spec with "
+                          "exporters.export_onnx (`cnngraph export --opset`)")
+    if deform_body not in DEFORM_BODIES:
+        raise ExportError(f"deform_body must be one of {', '.join(DEFORM_BODIES)}, "
+                          f"not {deform_body!r}")
     if dynamic_batch:
         batch = torch.export.Dim("batch")
         kwargs.setdefault("dynamic_shapes", tuple({0: batch} for _ in args))
-    program = torch.onnx.export(module.eval(), tuple(args), dynamo=True, opset_version=opset,
-                                custom_translation_table=custom_translation_table(), **kwargs)
+    training = module.training
+    try:
+        program = torch.onnx.export(module.eval(), tuple(args), dynamo=True, opset_version=opset,
+                                    custom_translation_table=custom_translation_table(), **kwargs)
+    finally:
+        module.train(training)
     model = program.model_proto
-    attach_functions(model, deform_body)
+    try:
+        attach_functions(model, deform_body)
+    except ValueError as exc:  # a body newer than the opset written
+        raise ExportError(f"{exc}; export with a newer opset, or deform_body='legacy' "
+                          "(opset 16+) for the deformable convolution") from None
     model.ir_version = ir_version_for(opset)
     save_model(model, path)
     return model

@@ -151,6 +151,26 @@ def test_torch_onnx_path_gives_the_ir_exports_nodes_and_outputs(custom_net, tmp_
     assert relative_error(ir_out, run_torch(module, x)[""]) <= TOLERANCE
 
 
+def test_torch_onnx_path_opsets_and_training_mode(tmp_path):
+    """The dynamo exporter's oldest opset (18) with the legacy deformable body (16+) matches
+    torch; an older opset is refused before exporting; the module's training mode survives."""
+    import custom_ops
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(custom_ops.DeformConv2d(3, 4, 3, padding=1, modulated=True),
+                                 torch.nn.BatchNorm2d(4))
+    torch.nn.init.normal_(module[0].offset_conv.weight, std=0.1)
+    module.train()
+    x = np.random.default_rng(5).standard_normal((2, 3, 9, 9), dtype=np.float32)
+    with pytest.raises(ExportError, match="opset 18 or newer, not 16.*export_onnx"):
+        torch_onnx_export(module, (torch.from_numpy(x),), tmp_path / "m.onnx", opset=16)
+    with pytest.raises(ExportError, match="cnngraph.DeformConv body needs opset 19.*legacy"):
+        torch_onnx_export(module, (torch.from_numpy(x),), tmp_path / "m.onnx", opset=18)
+    torch_onnx_export(module, (torch.from_numpy(x),), tmp_path / "m.onnx", opset=18,
+                      deform_body="legacy")
+    assert module.training
+    assert_matches(run_onnx(tmp_path / "m.onnx", x), run_torch(module.eval(), x))
+
+
 def test_legacy_deform_body_matches_torch(custom_net, tmp_path):
     """At opset 16, the oldest its GridSample allows (the native body needs 19)."""
     graph, module = custom_net

@@ -399,3 +399,19 @@ def test_bench_of_an_export_counts_macs_from_its_spec_metadata(tmp_path, capsys)
                  "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)["results"]
     assert row["gmacs"] * 1e9 / row["throughput"] == pytest.approx(326_520, rel=1e-9)
+
+
+def test_bench_compile_failure_is_one_line(monkeypatch, capsys):
+    """torch.compile without a C++ compiler (simulated): one line, exit 2, no traceback."""
+    from cnngraph.cli import main
+
+    def broken(fn, *args, **kwargs):
+        def run(*a, **k):
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    assert main(["bench", "lenet5", "--compile", "--batch-sizes", "1", "--device", "cpu",
+                 "--seconds", "0.05"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "run without --compile" in err and "C++ compiler" in err

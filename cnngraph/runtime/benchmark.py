@@ -112,7 +112,14 @@ def compare(module, model_path: str | Path, batch_sizes: list[int], *, device: s
                 if compile:
                     if compiled is None:
                         compiled = torch.compile(runner)
-                    out = _first(compiled(xr)).float().cpu().numpy()
+                    try:
+                        out = _first(compiled(xr)).float().cpu().numpy()
+                    except Exception as exc:  # noqa: BLE001 - inductor raises many kinds
+                        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                        raise InputError(f"torch.compile failed here ({type(exc).__name__}: "
+                                         f"{first[:160]}); on CPU it needs a working C++ "
+                                         "compiler, on CUDA Triton: run without --compile"
+                                         ) from None
                     t = measure(lambda: compiled(xr), batch, "torch.compile", sync=sync, **timing)
                     eager_rows[batch].append(_against(t, eager, out, references[batch]))
         module.float()
