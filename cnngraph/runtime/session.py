@@ -121,7 +121,7 @@ def resolve_device(device: str) -> str:
     if ok:
         return CUDA
     if device == "cuda":
-        raise PlacementError(f"--device cuda asked for, but {reason}; use --device cpu")
+        raise PlacementError(f"device cuda asked for, but {reason}; use device cpu (--device cpu)")
     log.warning("running on the CPU: %s", reason)
     return CPU
 
