@@ -391,7 +391,8 @@ def _offset_mask_grads(d_entry: Tensor, sampler: _Sampler, plan: _Plan, k: int, 
     wy only, as (-1, +1)."""
     # Blocks of one offset group add up; corner dims first: (dy, dx, n, L, og, taps).
     length = plan.oh * plan.ow
-    d = d_entry.view(k, length, plan.og, plan.per_offset_group, plan.taps, 2, 2).sum(3)
+    d = d_entry.view(k, length, plan.og, plan.per_offset_group, plan.taps, 2, 2)
+    d = d.squeeze(3) if plan.per_offset_group == 1 else d.sum(3)
     d = d.permute(4, 5, 0, 1, 2, 3).contiguous()
     wy, wx = sampler.wy, sampler.wx
     along_x = (d * wx).sum(1)  # (dy, ...): sum over dx of d·wx[dx]
