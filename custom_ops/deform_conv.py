@@ -152,6 +152,30 @@ def _unsource(rows: Tensor, n: int, c: int, h: int, w: int) -> Tensor:
     return padded.reshape(n, c, h + 2, w + 2)[:, :, 1:-1, 1:-1]
 
 
+@functools.lru_cache(maxsize=32)
+def _base_grid(oh: int, ow: int, kernel: tuple[int, int], stride: tuple[int, int],
+               padding: tuple[int, int], dilation: tuple[int, int], device: torch.device,
+               dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """The undeformed sampling positions (row, column), each (oH·oW, kH·kW): computed once per
+    geometry (never written to: the sampler adds the offsets into new tensors)."""
+    (kh, kw), taps = kernel, kernel[0] * kernel[1]
+    with torch.inference_mode(False):  # cached: usable in and out of inference mode
+        tap_y = torch.arange(kh, device=device, dtype=dtype).repeat_interleave(kw) * dilation[0]
+        tap_x = torch.arange(kw, device=device, dtype=dtype).repeat(kh) * dilation[1]
+        out_y = torch.arange(oh, device=device, dtype=dtype) * stride[0] - padding[0]
+        out_x = torch.arange(ow, device=device, dtype=dtype) * stride[1] - padding[1]
+        base_y = (out_y[:, None, None] + tap_y).expand(oh, ow, taps).reshape(oh * ow, taps)
+        base_x = (out_x[None, :, None] + tap_x).expand(oh, ow, taps).reshape(oh * ow, taps)
+    return base_y, base_x
+
+
+@functools.lru_cache(maxsize=32)
+def _row_starts(entries: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """CSR row starts of S: four entries a row."""
+    with torch.inference_mode(False):
+        return torch.arange(0, entries + 1, 4, device=device, dtype=dtype)
+
+
 class _Sampler:
     """The bilinear sampling of one batch chunk as a sparse matrix S.
 
@@ -164,14 +188,10 @@ class _Sampler:
     def __init__(self, offset: Tensor, mask: Tensor | None, plan: _Plan, stride, padding,
                  dilation):
         n, _, oh, ow = offset.shape
-        h, w, (kh, kw), taps, og = plan.h, plan.w, plan.kernel, plan.taps, plan.og
+        h, w, taps, og = plan.h, plan.w, plan.taps, plan.og
         length, dev, dt = oh * ow, offset.device, offset.dtype
-        tap_y = torch.arange(kh, device=dev, dtype=dt).repeat_interleave(kw) * dilation[0]
-        tap_x = torch.arange(kw, device=dev, dtype=dt).repeat(kh) * dilation[1]
-        out_y = torch.arange(oh, device=dev, dtype=dt) * stride[0] - padding[0]
-        out_x = torch.arange(ow, device=dev, dtype=dt) * stride[1] - padding[1]
-        base_y = (out_y[:, None, None] + tap_y).expand(oh, ow, taps).reshape(length, taps)
-        base_x = (out_x[None, :, None] + tap_x).expand(oh, ow, taps).reshape(length, taps)
+        base_y, base_x = _base_grid(oh, ow, plan.kernel, tuple(stride), tuple(padding),
+                                    tuple(dilation), dev, dt)
         # Everything below is laid out ([corner dims,] n, L, og, taps), the order of S's rows.
         off = offset.view(n, og, taps, 2, length).permute(3, 0, 4, 1, 2)
         # Clamped so far-away samples stay in index range and land on the zero border.
@@ -205,7 +225,7 @@ class _Sampler:
                               dtype=index).view(n, 1, -1, 1, 1)
         self.columns, self.values = pixel.view(-1), weight.view(-1)
         self.size = (self.columns.numel() // 4, n * plan.blocks * plan.plane)
-        self.crow = torch.arange(0, entries + 1, 4, device=dev, dtype=index)
+        self.crow = _row_starts(entries, dev, index)
 
     def matrix(self) -> Tensor:
         return _csr(self.crow, self.columns, self.values, self.size)
