@@ -196,9 +196,7 @@ def to_float16(model: onnx.ModelProto, inline: bool = False) -> onnx.ModelProto:
     # converting them; their CastLike does that at run time, so drop the wrong declarations
     floats = {n.output[0] for n in model.graph.node if n.op_type == "Constant"
               and n.attribute[0].name in ("value_float", "value_floats")}
-    kept = [v for v in model.graph.value_info if v.name not in floats]
-    del model.graph.value_info[:]
-    model.graph.value_info.extend(kept)
+    _replace(model.graph.value_info, [v for v in model.graph.value_info if v.name not in floats])
     return model
 
 
@@ -219,8 +217,14 @@ def sort_nodes(graph: onnx.GraphProto) -> None:
             raise ExportError(f"graph {graph.name}: nodes {[n.name for n in still[:5]]} wait "
                               "on values nothing produces")
         waiting = still
-    copies = [onnx.NodeProto() for _ in ordered]
-    for copy, node in zip(copies, ordered):
-        copy.CopyFrom(node)
-    del graph.node[:]
-    graph.node.extend(copies)
+    _replace(graph.node, ordered)
+
+
+def _replace(field, items: list) -> None:
+    """Make the repeated proto `field` hold copies of `items` (taken from it: they are copied
+    before the field lets go of them)."""
+    copies = [type(item)() for item in items]
+    for copy, item in zip(copies, items):
+        copy.CopyFrom(item)
+    del field[:]
+    field.extend(copies)
