@@ -239,6 +239,18 @@ def test_cli_json_last_line(files, tmp_path, capsys):
     assert result["run_dir"] == str(tmp_path / "r") and 0 <= result["best_val_accuracy"] <= 1
 
 
+def test_train_samples_takes_the_first_n(files, tmp_path, capsys):
+    spec, data = files
+    assert main(["train", str(spec), "--data", str(data), "--epochs", "1", "--train-samples",
+                 "7", "--out", str(tmp_path / "r")]) == 0
+    info = json.loads((tmp_path / "r" / "info.json").read_text())
+    assert info["train_samples"] == 7 and info["data"].endswith("[:7]")
+    capsys.readouterr()
+    # tiny.npz holds 240 samples, a tenth of them held out for validation
+    _bad([str(spec), "--data", str(data), "--train-samples", "217"], capsys,
+         "--train-samples 217 is more than the 216 training samples", tmp_path / "r2")
+
+
 # --- bad input: one message, exit 2, nothing trained --------------------------------------
 def _bad(args, capsys, expected: str, out: Path):
     assert main(["train", *args, "--out", str(out)]) == 2
@@ -260,6 +272,8 @@ def test_bad_inputs(files, tmp_path, capsys):
     _bad([str(spec), "--data", str(tmp_path / "rgb.npz")], capsys,
          "images have 3 channels but the spec's input has 1", out)
     _bad([str(spec), "--data", str(data), "--resume"], capsys, "no run to resume", out)
+    _bad([str(spec), "--data", str(data), "--train-samples", "0"], capsys,
+         "--train-samples must be at least 1", out)
     (tmp_path / "afile").write_text("")
     _bad([str(spec), "--data", str(data)], capsys, "this is a file, not a directory",
          tmp_path / "afile")

@@ -23,6 +23,8 @@ def register(subparsers) -> None:
     p.add_argument("--augment", help="comma-separated: crop, flip (default none)")
     p.add_argument("--val-fraction", type=float,
                    help="validation share for data without a validation set, default 0.1")
+    p.add_argument("--train-samples", type=int, metavar="N",
+                   help="train on the first N training samples only (a quick try); default all")
     p.add_argument("--seed", type=int, help="default 0")
     p.add_argument("--deterministic", action="store_true", default=None,
                    help="deterministic kernels only (torch.use_deterministic_algorithms)")
@@ -43,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
 
     options = {name: getattr(args, name) for name in (
         "epochs", "batch_size", "lr", "optimizer", "schedule", "weight_decay", "val_fraction",
-        "seed", "deterministic", "device", "amp", "compile", "checkpoint_minutes")}
+        "train_samples", "seed", "deterministic", "device", "amp", "compile",
+        "checkpoint_minutes")}
     if args.augment is not None:
         options["augment"] = tuple(a for a in args.augment.split(",") if a)
     result = train(args.spec, data=args.data, out=args.out, resume=args.resume, **options)

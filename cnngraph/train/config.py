@@ -22,6 +22,7 @@ class TrainConfig:
     momentum: float = 0.9  # sgd only
     augment: tuple[str, ...] = ()
     val_fraction: float = 0.1  # for sources without a validation set
+    train_samples: int | None = None  # the first N training samples only (a quick try)
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"  # auto: cuda when present
@@ -41,6 +42,8 @@ class TrainConfig:
             (self.batch_size >= 1, "--batch-size must be at least 1"),
             (self.lr is None or self.lr > 0, "--lr must be positive"),
             (0 < self.val_fraction < 1, "--val-fraction must be between 0 and 1"),
+            (self.train_samples is None or self.train_samples >= 1,
+             "--train-samples must be at least 1"),
             (set(self.augment) <= set(AUGMENTATIONS),
              f"--augment takes {', '.join(AUGMENTATIONS)}, got {', '.join(self.augment)}"),
         ]

@@ -208,6 +208,14 @@ def _load_dataset(data, graph: Graph, config: TrainConfig) -> Dataset:
                         "it cannot be trained as a classifier")
     dataset = data if isinstance(data, Dataset) else load_data(config.data, graph.input_shape,
                                                                 config.val_fraction)
+    if config.train_samples is not None:
+        held = len(dataset.y_train)
+        if config.train_samples > held:
+            raise DataError(f"--train-samples {config.train_samples} is more than the {held} "
+                            f"training samples of {dataset.source}")
+        n = config.train_samples
+        dataset = Dataset(dataset.x_train[:n], dataset.y_train[:n], dataset.x_val,
+                          dataset.y_val, dataset.classes, f"{dataset.source}[:{n}]")
     return check(dataset, graph.input_shape, num_classes)
 
 
