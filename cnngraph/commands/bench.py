@@ -60,20 +60,17 @@ def spec_graph(model: Path):
         return None
 
 
-def module_for_onnx(model: Path, weights: Path):
-    """The PyTorch module of an exported model: its cnngraph.spec metadata, these weights."""
-    import onnx
-
+def module_for_onnx(model: Path, graph, weights: Path):
+    """The PyTorch module of an exported model: the graph of its cnngraph.spec metadata
+    (`spec_graph`), these weights."""
     import cnngraph
     from .export import read_weights
-    props = {p.key: p.value for p in onnx.load(str(model), load_external_data=False).metadata_props}
-    if "cnngraph.spec" not in props:
+    if graph is None:
         raise InputError(f"{model}: has no cnngraph.spec metadata, so PyTorch cannot rebuild it; "
                          "bench it without --weights (onnxruntime only)")
     if not weights.is_file():
         raise InputError(f"{weights}: no such weights file")
     from exporters.ir_export import check_weights, state_arrays
-    graph = cnngraph.load(json.loads(props["cnngraph.spec"]))
     module = cnngraph.build(graph)
     state = read_weights(weights)
     check_weights(graph, state_arrays(state), built=module)   # one message listing every bad key
@@ -96,8 +93,8 @@ def run(args) -> int:
     if source.suffix.lower() == ".onnx":
         if not source.is_file():
             raise InputError(f"{source}: no such model file")
-        module = module_for_onnx(source, args.weights) if args.weights else None
         graph = spec_graph(source)
+        module = module_for_onnx(source, graph, args.weights) if args.weights else None
         macs = graph.macs_for(False) if graph is not None else None
         rows = compare(module, source, sizes, macs=macs, **options)
         name = source.name

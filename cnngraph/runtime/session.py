@@ -60,12 +60,9 @@ def cuda_status() -> tuple[bool, str]:
         return False, "this onnxruntime build has no CUDA provider (install onnxruntime-gpu)"
     if not gpu_present():
         return False, "no CUDA GPU found"
-    try:
-        import torch  # a CUDA build of torch loads the CUDA/cuDNN libraries onnxruntime-gpu needs
-        if torch.version.cuda and not torch.cuda.is_available():
-            return False, "no CUDA device is visible (torch.cuda.is_available() is False)"
-    except ImportError:
-        pass
+    import torch  # a CUDA build of torch loads the CUDA/cuDNN libraries onnxruntime-gpu needs
+    if torch.version.cuda and not torch.cuda.is_available():
+        return False, "no CUDA device is visible (torch.cuda.is_available() is False)"
     from onnx import TensorProto, helper
     graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
@@ -87,13 +84,8 @@ def cuda_status() -> tuple[bool, str]:
 
 def gpu_present() -> bool:
     """An NVIDIA GPU on this machine: torch sees one, or the driver made its device files."""
-    try:
-        import torch
-        if torch.cuda.is_available():
-            return True
-    except ImportError:
-        pass
-    return any(Path("/dev").glob("nvidia[0-9]*"))
+    import torch
+    return torch.cuda.is_available() or any(Path("/dev").glob("nvidia[0-9]*"))
 
 
 def physical_cores() -> int:
