@@ -3,6 +3,7 @@ it, checks it and infers shapes and statistics, giving a Graph; nothing touches 
 from __future__ import annotations
 
 import copy
+import gc
 import os
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,16 @@ def load(x: Any, *, variant: str | None = None, input_shape=None) -> Graph:
     `input_shape`: replaces the spec's input shape, with or without the batch ([3, 64, 64] or
     [1, 3, 64, 64]); for several inputs, a dict name -> shape.
     """
+    enabled = gc.isenabled()
+    gc.disable()  # the front end makes ~10 objects a layer and no garbage: spare the collector
+    try:
+        return _load(x, variant, input_shape)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _load(x: Any, variant: str | None, input_shape) -> Graph:
     source, zoo_variant = source_of(x)
     if zoo_variant is not None and variant not in (None, zoo_variant) and variant in (
             source.data.get("variants") or {}):  # an unknown one gets expand's suggestion
@@ -85,8 +96,25 @@ def _input_shapes(spec: Any, input_shape) -> dict[str, list[int]] | None:
             raise InputError(f"input shape {shape} does not fit the spec's input "
                              f"{declared[name]}: give {rank} positive sizes (or {rank + 1} with "
                              "the batch first)")
+        _check_channels(spec, name, shape, declared)
         shapes[name] = shape
     return shapes
+
+
+def _check_channels(spec: dict, name: str, shape: list[int], declared: dict) -> None:
+    """An input shape whose channels differ from the per-channel `meta.normalize` of a
+    one-input spec is refused here, naming the input shape (the spec itself is fine)."""
+    meta = spec.get("meta")
+    normalize = meta.get("normalize") if isinstance(meta, dict) else None
+    if len(declared) != 1 or not isinstance(normalize, dict) or len(shape) != 3:
+        return
+    counts = {len(v) for v in normalize.values() if isinstance(v, list) and len(v) > 1}
+    if len(counts) == 1 and shape[0] not in counts:
+        (n,) = counts
+        raise InputError(f"input shape {shape} has {shape[0]} channel(s), but the spec's "
+                         f"`meta.normalize` gives {n} values, one per channel of its input "
+                         f"{declared[name]}: keep {n} channels (e.g. {[n, *shape[1:]]}), or "
+                         "use a spec made for this input")
 
 
 def check_meta(graph: Graph, source: Source) -> None:
