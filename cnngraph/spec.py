@@ -68,14 +68,15 @@ class _LineLoader(yaml.composer.Composer, *_PARSERS, yaml.constructor.SafeConstr
         return SpecError(message, file=self.file, line=node.start_mark.line + 1)
 
     def compose_node(self, parent, index):
-        self.depth += 1
-        if self.depth > limits.MAX_DEPTH:
+        nests = self.check_event(yaml.SequenceStartEvent, yaml.MappingStartEvent)
+        if nests and self.depth == limits.MAX_DEPTH:
             raise self.error(f"nested more than {limits.MAX_DEPTH} levels deep: flatten the "
                              "spec", self.peek_event())
+        self.depth += nests
         try:
             return super().compose_node(parent, index)
         finally:
-            self.depth -= 1
+            self.depth -= nests
 
     def construct_yaml_int(self, node):
         if len(node.value) > 40:  # int() of a long literal is slow, and past 4,300 digits refused
