@@ -97,7 +97,9 @@ def topological(nodes: list[Node]) -> list[Node]:
         stuck = {name for name, count in waiting.items() if count}
         cycle = _cycle(stuck, {n.name: n for n in nodes})
         first = next(n for n in nodes if n.name == cycle[0])
-        raise error(first, f"cycle: {' -> '.join(cycle + cycle[:1])}: a layer cannot depend on "
+        shown = cycle + cycle[:1] if len(cycle) <= 12 else cycle[:10] + [
+            f"... ({len(cycle)} layers)", cycle[0]]
+        raise error(first, f"cycle: {' -> '.join(shown)}: a layer cannot depend on "
                            "its own output; fix the `inputs` of one of them")
     return order
 
@@ -105,14 +107,16 @@ def topological(nodes: list[Node]) -> list[Node]:
 def _cycle(stuck: set[str], nodes: dict[str, Node]) -> list[str]:
     """One cycle among the nodes that never became ready, in data-flow order, starting at its
     layer written first (walk inputs until a name repeats)."""
-    order = list(nodes)
+    order = {name: i for i, name in enumerate(nodes)}.__getitem__  # written position
     path: list[str] = []
-    name = min(stuck, key=order.index)
-    while name not in path:
+    seen: set[str] = set()
+    name = min(stuck, key=order)
+    while name not in seen:
         path.append(name)
+        seen.add(name)
         name = next(src for src in nodes[name].inputs if src in stuck)
     cycle = path[path.index(name):][::-1]
-    start = cycle.index(min(cycle, key=order.index))
+    start = cycle.index(min(cycle, key=order))
     return cycle[start:] + cycle[:start]
 
 

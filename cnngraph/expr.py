@@ -65,7 +65,9 @@ def lookup(name: str, env: Mapping[str, Any]) -> Any:
 
     near = get_close_matches(name, list(env), n=1)
     hint = f"did you mean '{near[0]}'?" if near else "declare it under `params`"
-    known = ", ".join(sorted(env)) or "none"
+    names = sorted(env)
+    known = ", ".join(names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "") \
+        if names else "none"
     raise ExprError(f"unknown parameter '{name}': {hint} (parameters here: {known})")
 
 

@@ -382,3 +382,15 @@ def test_show_input_shape_with_other_channels_names_the_option(capsys):
 
 def test_every_error_here_is_the_projects():
     assert issubclass(SpecError, CnnGraphError)
+
+
+def test_a_cycle_through_every_layer_is_named_briefly():
+    spec = {"name": "t", "input": [2], "layers": [
+        {"name": "a", "op": "relu", "inputs": ["b"]},
+        {"name": "b", "op": "relu", "repeat": limits.MAX_LAYERS - 1}]}
+    with pytest.raises(SpecError) as caught:
+        cnngraph.load(spec)
+    assert str(caught.value) == (
+        "layer 'a': cycle: a -> b.0 -> b.1 -> b.2 -> b.3 -> b.4 -> b.5 -> b.6 -> b.7 -> b.8 -> "
+        "... (100000 layers) -> a: a layer cannot depend on its own output; fix the `inputs` of "
+        "one of them")

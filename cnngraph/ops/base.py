@@ -92,14 +92,18 @@ class Attr:
             return tuple(tuple(row) for row in value)
         return value
 
+    def bounds(self, default_max=None) -> str:
+        """The range as text ("> 0", ">= 1 and <= 100,000"), or "" when there is none."""
+        high = self.max if self.max is not None else default_max
+        low = "> 0" if self.positive else f">= {self.min}" if self.min is not None else None
+        return " and ".join(x for x in (low, high is not None and f"<= {high:,}") if x)
+
     def _in_range(self, value, default_max):
         """`value` if within [min, max] (and > 0 when `positive`), else a ValueError."""
         high = self.max if self.max is not None else default_max
         if ((self.min is not None and value < self.min) or (high is not None and value > high)
                 or (self.positive and value <= 0)):
-            low = "> 0" if self.positive else f">= {self.min}" if self.min is not None else None
-            wanted = " and ".join(x for x in (low, high is not None and f"<= {high:,}") if x)
-            raise ValueError(f"must be {wanted}, got {limits.describe(value)}")
+            raise ValueError(f"must be {self.bounds(default_max)}, got {limits.describe(value)}")
         return value
 
 
