@@ -54,8 +54,8 @@ def load(x: Any, *, variant: str | None = None, input_shape=None) -> Graph:
 
 def _load(x: Any, variant: str | None, input_shape) -> Graph:
     source, zoo_variant = source_of(x)
-    if zoo_variant is not None and variant not in (None, zoo_variant) and variant in (
-            source.data.get("variants") or {}):  # an unknown one gets expand's suggestion
+    if (zoo_variant is not None and isinstance(variant, str) and variant != zoo_variant
+            and variant in (source.data.get("variants") or {})):  # an unknown one: expand says
         raise SpecError(f"the zoo name '{x}' already picks variant '{zoo_variant}', not "
                         f"'{variant}': load '{variant}' by name, or drop the variant (--variant)")
     variant = variant or zoo_variant

@@ -227,10 +227,14 @@ def read(path: str | os.PathLike) -> Source:
         raise SpecError(f"{path}: not a spec file: use a .yaml, .yml or .json file, or a zoo name "
                         "(`cnngraph zoo` lists them)")
     try:
-        if path.stat().st_size > limits.MAX_FILE_BYTES:
-            raise SpecError(f"{path}: {path.stat().st_size:,} bytes, more than a spec may have "
-                            f"({limits.MAX_FILE_BYTES:,}): is this a spec file?")
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:  # at most the limit and one byte: a device never ends
+            data = f.read(limits.MAX_FILE_BYTES + 1)
+        if len(data) > limits.MAX_FILE_BYTES:
+            raise SpecError(f"{path}: larger than {limits.MAX_FILE_BYTES:,} bytes, the most a "
+                            "spec may have: is this a spec file?")
+        text = data.decode("utf-8")
+        if "\r" in text:  # as read_text would give it (universal newlines)
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
     except FileNotFoundError:
         raise SpecError(f"{path}: no such file: check the path, or use a zoo name "
                         "(`cnngraph zoo` lists them)") from None

@@ -262,8 +262,15 @@ def test_control_characters_are_refused_on_their_line(tmp_path, char):
 def test_a_file_larger_than_the_limit_is_refused_unread(tmp_path):
     file = tmp_path / "net.yaml"
     file.write_text(BASE + "#" * limits.MAX_FILE_BYTES)
-    with pytest.raises(SpecError, match="more than a spec may have"):
+    with pytest.raises(SpecError, match="the most a spec may have"):
         cnngraph.load(file)
+
+
+def test_an_endless_file_is_read_only_up_to_the_limit(tmp_path):
+    link = tmp_path / "net.yaml"
+    link.symlink_to("/dev/zero")
+    with pytest.raises(SpecError, match="larger than 1,048,576 bytes, the most a spec may have"):
+        cnngraph.load(link)
 
 
 # --- non-finite numbers and out-of-range attributes ---------------------------------------
@@ -338,7 +345,7 @@ def test_the_largest_spec_of_each_limit_loads(tmp_path):
     assert file.stat().st_size == limits.MAX_FILE_BYTES
     g = cnngraph.load(file)
     assert g["conv"].shape == ("N", 4, 6, 6)
-    for old, new, words in [("#\n", "##\n", "more than a spec may have"),
+    for old, new, words in [("#\n", "##\n", "the most a spec may have"),
                             ("  deep: [", "  deep: [[", "nested more than 64"),
                             ("[x, x, x, x, x, x, x, x]", "[x, x, x, x, x, x, x, x, x, x, x, x]",
                              "more than 1,000,000 keys"),
