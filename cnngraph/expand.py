@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import ChainMap
 from dataclasses import dataclass, field
 from difflib import get_close_matches
 from typing import Any
@@ -78,6 +79,8 @@ class Expander:
         self.expanded = 0  # layers expanded so far (switched-off ones too), against MAX_LAYERS
         self.pending: list[tuple[Node, list[Alias]]] = []
         self.stack: list[str] = []  # blocks being instantiated, to refuse recursion
+        self.sizes: dict[int, int] = {}  # keys and values under each spec list and mapping
+        self.evaluated = 0  # values evaluated so far, against MAX_EVALUATED
 
     # --- messages ----------------------------------------------------------------------------
     def error(self, message: str, mapping: Any = None, path: str | None = None,
@@ -92,10 +95,24 @@ class Expander:
         return f"{self.source.file}:{line}" if line else self.source.file
 
     def value(self, raw: Any, env: dict, mapping: Any, path: str | None, key: str) -> Any:
+        self.spend(self.sizes.get(id(raw), 1), mapping, path, key)
         try:
             return resolve(raw, env)
         except ExprError as exc:
             raise self.error(f"{key}: {exc}", mapping, path, key) from None
+
+    def spend(self, values: int, mapping: Any, path: str | None, key: str | None,
+              projected: bool = False) -> None:
+        """Counts values evaluated (or, `projected`, only checks that many more would fit):
+        copies re-evaluate their layer, so a big layer repeated many times is refused before
+        it takes minutes."""
+        if not projected:
+            self.evaluated += values
+        if self.evaluated + (values if projected else 0) > limits.MAX_EVALUATED:
+            raise self.error(f"expanding the spec evaluates more than "
+                             f"{limits.MAX_EVALUATED:,} values (each `repeat` copy and block "
+                             "instance evaluates its own): lower `repeat` or the number of keys",
+                             mapping, path, key)
 
     def name(self, value: Any, what: str, mapping: Any, path: str | None, key: str) -> str:
         """`value` when it is a name ([A-Za-z_][A-Za-z0-9_]*); a SpecError naming `what`."""
@@ -106,7 +123,7 @@ class Expander:
 
     # --- the whole spec ----------------------------------------------------------------------
     def run(self, variant: str | None, input_shapes: dict[str, list[int]] | None) -> Expanded:
-        check_data(self.source)
+        self.sizes = check_data(self.source)
         spec = self.source.data
         if not isinstance(spec, dict):
             raise self.error("a spec is a mapping with at least `name`, `input` and `layers`")
@@ -278,12 +295,13 @@ class Expander:
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise self.error(f"repeat must be a non-negative integer, got {count!r}",
                              layer, path, "repeat")
-        before = self.expanded
+        before, spent = self.expanded, self.evaluated
         self.check_size(before + count, layer, path)  # each copy is at least one layer
         for i in range(count):
             if i == 1:  # one copy made: its size times `repeat` must fit before making the rest
                 self.check_size(before + (self.expanded - before) * count, layer, path)
-            self.instance(layer, scope, f"{name}.{i}", {**env, "i": i}, inputs if i == 0 else [
+                self.spend((self.evaluated - spent) * (count - 1), layer, path, "repeat", True)
+            self.instance(layer, scope, f"{name}.{i}", ChainMap({"i": i}, env), inputs if i == 0 else [
                 f"{name}.{i - 1}"], layer.get("first", {}) if i == 0 else {})
         target = f"{name}.{count - 1}" if count else inputs[0]
         scope.symbols[name] = Alias(scope, target, layer, path)
@@ -384,6 +402,7 @@ class Expander:
                 raise self.error(f"block '{name}' has no parameter '{arg}'"
                                  f"{suggest(str(arg), params)}; its parameters: {known}",
                                  layer, path, "args")
+        self.spend(len(params), layer, path, "block")
         env: dict = {}
         for key, default in params.items():
             if key in args:

@@ -15,6 +15,7 @@ MAX_FILE_BYTES = 1 << 20  # a spec file: 1 MiB
 MAX_DEPTH = 64  # nesting of mappings and lists in a spec
 MAX_SCALARS = 1_000_000  # keys and values in a spec, with YAML aliases counted as copies
 MAX_LAYERS = 100_000  # layers one spec expands to (repeat copies and block layers included)
+MAX_EVALUATED = 2_000_000  # values evaluated while expanding (each copy evaluates its own)
 MAX_BLOCK_DEPTH = 32  # blocks instantiated inside blocks
 MAX_EXPR_CHARS = 1000  # characters of one ${...} expression
 MAX_EXPR_DEPTH = 50  # nesting of an expression's syntax tree

@@ -134,10 +134,11 @@ def parse_yaml(text: str, file: str | None = None) -> Source:
     return Source(data, file, loader.lines)
 
 
-def check_data(source: Source) -> None:
+def check_data(source: Source) -> dict[int, int]:
     """Bounds a spec as data before anything reads it: nesting depth, number of keys and values
     (a YAML alias counts as the copy it stands for, memoised per object, so an alias bomb fails
-    at once instead of expanding), numbers in range, string keys, plain values, no cycles."""
+    at once instead of expanding), numbers in range, string keys, plain values, no cycles.
+    Returns the number of keys and values under each list and mapping, by `id`."""
     counted: dict[int, int] = {}  # id(container) -> keys and values under it
     open_: set[int] = set()  # containers being walked: one met again is a cycle
 
@@ -183,6 +184,7 @@ def check_data(source: Source) -> None:
         return 1
 
     walk(source.data, "", 0, None, None)
+    return counted
 
 
 class _DuplicateKey(ValueError):

@@ -307,8 +307,9 @@ def test_out_of_range_attributes_are_refused_before_shape_code(tmp_path, layer, 
 
 # --- the largest spec each limit accepts loads ---------------------------------------------
 def test_the_largest_repeat_loads_and_one_more_layer_fails_at_once():
-    spec = {"name": "t", "input": [2], "layers": [{"name": "a", "op": "relu",
-                                                   "repeat": limits.MAX_LAYERS}]}
+    params = {f"p{i}": i for i in range(100_000)}  # copies share them: none copied
+    spec = {"name": "t", "input": [2], "params": params,
+            "layers": [{"name": "a", "op": "relu", "repeat": limits.MAX_LAYERS}]}
     g = cnngraph.load(spec)  # input and 100,000 layers
     assert len(g) == limits.MAX_LAYERS + 1 and g["a.99999"].shape == ("N", 2)
     spec["layers"][0]["repeat"] = limits.MAX_LAYERS + 1
@@ -316,6 +317,19 @@ def test_the_largest_repeat_loads_and_one_more_layer_fails_at_once():
         cnngraph.load(spec)
     spec["layers"][0]["repeat"] = 2**62  # refused before a single copy
     with pytest.raises(SpecError, match="more than 100,000 layers"):
+        cnngraph.load(spec)
+
+
+def test_a_big_layer_repeated_many_times_is_refused_before_it_takes_minutes():
+    layer = {"name": "a", "op": "relu", "repeat": limits.MAX_LAYERS - 1,
+             **{f"k{i}": "$i" for i in range(100)}}  # unknown keys: check_node sees them later
+    with pytest.raises(SpecError, match=r"layer 'a': expanding the spec evaluates more than "
+                                        "2,000,000 values"):
+        cnngraph.load({"name": "t", "input": [2], "layers": [layer]})
+    block = {"params": {f"q{i}": i for i in range(1000)}, "layers": [{"name": "x", "op": "relu"}]}
+    spec = {"name": "t", "input": [2], "blocks": {"b": block},
+            "layers": [{"name": "a", "block": "b", "repeat": 9_999}]}
+    with pytest.raises(SpecError, match="more than 2,000,000 values"):
         cnngraph.load(spec)
 
 
