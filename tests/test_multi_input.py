@@ -227,3 +227,21 @@ def test_malformed_inputs_metadata_is_one_error():
 def _spec_dict() -> dict:
     import yaml
     return yaml.safe_load(SPEC)
+
+
+def test_infer_pads_a_fixed_batch_for_every_input(exported, tmp_path, capsys):
+    """A --static-batch 3 export fed 2 samples: both inputs padded, the same answers as the
+    dynamic-batch model."""
+    spec, model, module = exported
+    fixed = tmp_path / "fixed.onnx"
+    export_onnx(cnngraph.load(spec), module, fixed, dynamic_batch=False, batch_size=3)
+    rng = np.random.default_rng(2)
+    np.savez(tmp_path / "a.npz", image=rng.random((2, 3, 8, 8), dtype=np.float32),
+             mask=rng.random((2, 1, 8, 8), dtype=np.float32))
+    answers = []
+    for path in (model, fixed):
+        code, out, err = run(capsys, "infer", path, tmp_path / "a.npz", "--json", "--device", "cpu")
+        assert code == 0, err
+        answers.append([[c["probability"] for c in r["top_k"]] for r in json.loads(out)])
+    assert len(answers[1]) == 2
+    np.testing.assert_allclose(answers[1], answers[0], rtol=1e-5)
