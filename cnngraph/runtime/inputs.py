@@ -13,7 +13,8 @@ Both are (C, H, W) or (N, C, H, W).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import zipfile
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,9 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 @dataclass(frozen=True)
 class ModelMeta:
-    """The `cnngraph.*` metadata of an exported model (all optional for foreign models)."""
+    """The `cnngraph.*` metadata of an exported model (all optional for foreign models).
+    `input_shape`, `mean` and `std` describe a single-input model's input; `inputs` holds one
+    ModelMeta per input (name -> its shape, mean and std), which `for_input` picks."""
     input_shape: tuple[int, ...] | None = None      # C, H, W
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
@@ -33,6 +36,7 @@ class ModelMeta:
     spec: dict | None = None
     version: str | None = None
     extra: dict = field(default_factory=dict)
+    inputs: dict[str, ModelMeta] = field(default_factory=dict)
 
     @classmethod
     def from_props(cls, props: dict[str, str], where: str = "model") -> ModelMeta:
@@ -48,12 +52,48 @@ class ModelMeta:
             raise InputError(f"{where}: input layout {layout} is not supported (NCHW only)")
         shape, norm, classes = load("cnngraph.input_shape"), load("cnngraph.normalize"), load("cnngraph.classes")
         norm = norm or {}
+        inputs = _inputs_meta(load("cnngraph.inputs"), where)
+        if len(inputs) == 1 and shape is None:  # a model that records only cnngraph.inputs
+            (only,) = inputs.values()
+            shape, norm = only.input_shape, {"mean": only.mean, "std": only.std}
         return cls(input_shape=tuple(shape) if shape else None,
-                   mean=tuple(norm["mean"]) if "mean" in norm else None,
-                   std=tuple(norm["std"]) if "std" in norm else None,
+                   mean=tuple(norm["mean"]) if norm.get("mean") else None,
+                   std=tuple(norm["std"]) if norm.get("std") else None,
                    classes=tuple(classes) if classes else None,
                    spec=load("cnngraph.spec"), version=props.get("cnngraph.version"),
-                   extra={k: v for k, v in props.items() if not k.startswith("cnngraph.")})
+                   extra={k: v for k, v in props.items() if not k.startswith("cnngraph.")},
+                   inputs=inputs)
+
+    def for_input(self, name: str) -> ModelMeta:
+        """The metadata of input `name`: its own entry of `cnngraph.inputs`, or for a model
+        exported before that key (single input) this one."""
+        if not self.inputs:
+            return self
+        return replace(self.inputs.get(name, ModelMeta()), classes=self.classes, spec=self.spec,
+                       version=self.version, extra=self.extra, inputs=self.inputs)
+
+
+def _inputs_meta(entries, where: str) -> dict[str, ModelMeta]:
+    """`cnngraph.inputs` ([{name, shape, mean?, std?}, ...]) as name -> ModelMeta."""
+    if entries is None:
+        return {}
+
+    def numbers(value, ints: bool) -> bool:
+        kinds = int if ints else (int, float)
+        return isinstance(value, list) and all(
+            isinstance(v, kinds) and not isinstance(v, bool) for v in value)
+
+    out = {}
+    for entry in entries if isinstance(entries, list) else [entries]:
+        if not (isinstance(entry, dict) and isinstance(entry.get("name"), str)
+                and numbers(entry.get("shape"), True)
+                and all(numbers(entry.get(k, []), False) for k in ("mean", "std"))):
+            raise InputError(f"{where}: metadata cnngraph.inputs is malformed (want a list of "
+                             f"{{name, shape, mean, std}}): {str(entries)[:80]!r}")
+        out[entry["name"]] = ModelMeta(input_shape=tuple(entry["shape"]),
+                                       mean=tuple(entry["mean"]) if entry.get("mean") else None,
+                                       std=tuple(entry["std"]) if entry.get("std") else None)
+    return out
 
 
 def normalize(pixels: np.ndarray, meta: ModelMeta) -> np.ndarray:
@@ -163,3 +203,66 @@ def _read_array(path: Path, input_name: str) -> np.ndarray:
             return data[data.files[0]]
         raise InputError(f"{path}: holds arrays {data.files}; name the input array "
                          f"'{input_name}' or 'x'")
+
+
+def load_named_inputs(paths: list[Path], meta: ModelMeta, expected: dict[str, tuple[int, ...] | None]
+                      ) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Files -> one float32 batch per input of a model with several inputs (`expected`: input
+    name -> (C, H, W), or None where unknown), and a label per sample. Each file is an .npz
+    holding one array per input name, each (C, H, W) or (N, C, H, W) with the same N; every
+    array follows the array rule above with its own input's mean and std."""
+    names = list(expected)
+    wanted = ", ".join(f"{n} {expected[n] or '(C, H, W)'}" for n in names)
+    how = f"np.savez(path, {', '.join(f'{n}=...' for n in names)})"
+    batches: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    labels: list[str] = []
+    for path in map(Path, paths):
+        problem = ("is a directory" if path.is_dir() else "no such file" if not path.is_file()
+                   else None if path.suffix.lower() == ".npz" else "is not an .npz")
+        if problem:
+            raise InputError(f"{path}: {problem}; this model takes {len(names)} inputs ({wanted}): "
+                             f"give .npz files holding one array per input name ({how})")
+        arrays = _read_named(path, names, wanted)
+        counts = set()
+        for name in names:
+            batch = _array_input(arrays[name], f"{path}[{name}]", meta.for_input(name), expected[name])
+            batches[name].append(batch)
+            counts.add(len(batch))
+        if len(counts) != 1:
+            sizes = ", ".join(f"{n} {len(batches[n][-1])}" for n in names)
+            raise InputError(f"{path}: its arrays hold different numbers of samples ({sizes}); "
+                             "give every input the same batch N")
+        (count,) = counts
+        labels += [path.name] if count == 1 else [f"{path.name}[{i}]" for i in range(count)]
+    if not labels:
+        raise InputError("no input files given")
+    return {n: np.concatenate(b) for n, b in batches.items()}, labels
+
+
+def _read_named(path: Path, names: list[str], wanted: str) -> dict[str, np.ndarray]:
+    """The arrays `names` of an .npz, exactly those (one InputError naming the missing and
+    extra ones otherwise). Never unpickles."""
+    unreadable = (OSError, ValueError, EOFError, zipfile.BadZipFile)
+    try:
+        data = np.load(path, allow_pickle=False)
+    except unreadable as exc:
+        raise InputError(f"{path}: cannot read it as a NumPy .npz file ({_first_line(exc)})") from None
+    if isinstance(data, np.ndarray):
+        raise InputError(f"{path}: holds one unnamed array (a .npy); this model takes {wanted}: "
+                         "save one array per input name with np.savez")
+    with data:
+        missing = [n for n in names if n not in data.files]
+        extra = [n for n in data.files if n not in names]
+        if missing or extra:
+            said = "; ".join(f"{label} {', '.join(keys)}" for label, keys in
+                             (("missing", missing), ("unexpected", extra)) if keys)
+            raise InputError(f"{path}: holds arrays {', '.join(data.files) or 'none'} ({said}); "
+                             f"the model takes one array per input: {wanted}")
+        try:
+            return {n: data[n] for n in names}
+        except unreadable as exc:  # a damaged member, an object array (pickles are refused)
+            raise InputError(f"{path}: cannot read its arrays ({_first_line(exc)})") from None
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
