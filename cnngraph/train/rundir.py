@@ -75,12 +75,13 @@ def read_json(path: Path, keys: dict[str, type | tuple] | None = None) -> dict:
         raise damaged(path, f"holds a {type(obj).__name__}, not a JSON object")
     for key, kind in (keys or {}).items():
         if not isinstance(obj.get(key), kind) or isinstance(obj.get(key), bool):
-            raise damaged(path, f"'{key}' is missing or not a {_names(kind)}")
+            raise damaged(path, f"'{key}' is missing or not of type {_names(kind)}")
     return obj
 
 
-def read_info(path: Path) -> dict:
-    info = read_json(path, INFO_KEYS)
+def read_info(path: Path, keys: dict = INFO_KEYS) -> dict:
+    """info.json, checked: `keys` (all for training; the model's metadata for load_run)."""
+    info = read_json(path, {"normalize": dict, **keys})
     norm = info["normalize"]
     if not all(isinstance(norm.get(k), list) and all(isinstance(v, (int, float)) for v in norm[k])
                for k in ("mean", "std")):
@@ -193,7 +194,7 @@ def load_run(run_dir: str | Path):
                             f"{', '.join(missing + ([] if weights.exists() else [BEST]))}); "
                             "train one with `cnngraph train SPEC --out DIR`")
     graph = load(read_spec(run / SPEC))
-    info = read_info(run / INFO)
+    info = read_info(run / INFO, {"classes": list})
     graph.meta.update(classes=info["classes"], normalize=info["normalize"])
     return graph, read_weights(weights), info
 

@@ -86,7 +86,9 @@ class Dist:
     def lost(self, exc: BaseException) -> CnnGraphError:
         others = [str(r) for r in range(self.world) if r != self.rank]
         who = f"rank {others[0]}" if len(others) == 1 else f"one of ranks {', '.join(others)}"
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        # the backend's first sentence, without its source location: "[pair.cc:537] Read ..."
+        reason = re.sub(r"^\[[^\]]*\]\s*", "", (str(exc).strip().splitlines() or [""])[0])
+        reason = reason.split(". ")[0][:160] or type(exc).__name__
         return CnnGraphError(f"rank {self.rank} of {self.world}: lost contact with {who}, which "
                              f"stopped or was killed (see its own output; {reason}); the last "
                              "checkpoint is intact: run the same torchrun command again with "
@@ -336,10 +338,12 @@ def _write_run_header(run: Path, graph: Graph, config: TrainConfig, info: dict,
                                               "torch": torch.__version__}))
 
 
-def _reached(moment: str, epoch: int) -> None:
+def _reached(moment: str, epoch: int, rank: int = 0) -> None:
     """A named point between two writes of the run directory. For kill tests:
-    CNNGRAPH_KILL_AT=MOMENT:EPOCH ends the process there at once, as kill -9 would."""
-    if os.environ.get("CNNGRAPH_KILL_AT") == f"{moment}:{epoch}":
+    CNNGRAPH_KILL_AT=MOMENT:EPOCH ends the process there at once, as kill -9 would (under
+    torchrun, the process of rank CNNGRAPH_KILL_RANK, default 0)."""
+    if os.environ.get("CNNGRAPH_KILL_AT") == f"{moment}:{epoch}" and \
+            os.environ.get("CNNGRAPH_KILL_RANK", "0") == str(rank):
         os._exit(137)
 
 
@@ -550,6 +554,7 @@ class _Loop:
                                 img_s=f"{seen_here * self.ddp.world / max(elapsed, 1e-9):.0f}")
             due = time.monotonic() - last_save > self.config.checkpoint_minutes * 60
             stop, save = self._agree(flags["stop"], due)
+            _reached("step", p.epoch, self.ddp.rank)
             if stop:
                 bar.close()
                 return False
