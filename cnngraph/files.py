@@ -18,6 +18,8 @@ FIXES = {
     errno.EROFS: "the file system is read-only; choose a writable place",
     errno.EACCES: "no permission to write there; choose a writable place or fix its permissions",
     errno.EPERM: "no permission to write there; choose a writable place or fix its permissions",
+    errno.ENOENT: "its folder is missing and cannot be made there; choose another place",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; choose another place",
 }
 
 
