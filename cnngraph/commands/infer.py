@@ -5,15 +5,15 @@ unless the rows already are probabilities); any other model has its outputs writ
 """
 from __future__ import annotations
 
+import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from . import about
 from ..errors import InputError
+from ..files import atomic_write
 from ..runtime import Predictor, load_inputs, load_named_inputs
 
 
@@ -85,13 +85,9 @@ def save_outputs(path: Path, names: list[str], outputs: list[np.ndarray]) -> Non
         raise InputError(f"--output {path}: {blocker} is a file, not a folder")
     if not path.parent.is_dir():
         raise InputError(f"--output {path}: folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=path.parent)
-    os.close(fd)
-    try:
-        np.savez(tmp, **dict(zip(names, outputs)))
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    buffer = io.BytesIO()
+    np.savez(buffer, **dict(zip(names, outputs)))
+    atomic_write(path, buffer.getvalue())
 
 
 def _expected(predictor: Predictor, spec) -> tuple[int, ...] | None:
