@@ -6,6 +6,7 @@ unless the rows already are probabilities); any other model has its outputs writ
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -15,6 +16,8 @@ import numpy as np
 from . import about
 from ..errors import InputError
 from ..runtime import Predictor, load_inputs
+
+log = logging.getLogger("cnngraph.runtime")
 
 
 def register(subparsers) -> None:
@@ -68,6 +71,18 @@ def predict(predictor: Predictor, x: np.ndarray, batch_size: int) -> list[np.nda
     return [np.concatenate([p[j] for p in parts]) for j in range(len(predictor.output_names))]
 
 
+def warn_non_finite(labels: list[str], names: list[str], outputs: list[np.ndarray]) -> None:
+    """One warning line per output holding NaN or inf, naming the inputs that gave them: their
+    scores (printed as nan) mean nothing."""
+    for name, out in zip(names, outputs):
+        finite = np.isfinite(out.reshape(len(out), -1)).all(axis=1)
+        if not finite.all():
+            bad = [label for label, ok in zip(labels, finite) if not ok]
+            log.warning("warning: output '%s' is NaN or inf for %d input(s): %s%s; their "
+                        "results mean nothing", name, len(bad), ", ".join(bad[:5]),
+                        " ..." if len(bad) > 5 else "")
+
+
 def save_outputs(path: Path, names: list[str], outputs: list[np.ndarray]) -> None:
     """Write the outputs as one .npz, atomically."""
     if path.is_dir():
@@ -98,6 +113,7 @@ def run(args) -> int:
         tuple(spec.shape[1:]) if all(isinstance(d, int) for d in spec.shape[1:]) else None)
     x, labels = load_inputs(args.inputs, predictor.meta, spec.name, expected)
     outputs = predict(predictor, x, args.batch_size)
+    warn_non_finite(labels, predictor.output_names, outputs)
     classifier = outputs[0].ndim == 2
     out_path = args.output or (None if classifier else Path(f"{args.model.stem}.outputs.npz"))
     if out_path:

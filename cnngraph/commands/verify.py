@@ -115,14 +115,9 @@ def _spec_name(model) -> str | None:
 def read_model(path: Path) -> onnx.ModelProto:
     """The model's graph (weights stay on disk), or one InputError for a file that is not a
     single-input ONNX model."""
-    import onnx
+    from ..files import read_onnx
 
-    try:
-        model = onnx.load_model(str(path), load_external_data=False)
-    except Exception:  # protobuf's DecodeError and friends: the bytes are not a ModelProto
-        model = None
-    if model is None or not model.graph.output:
-        raise InputError(f"{path}: not an ONNX model file (write one with `cnngraph export`)")
+    model = read_onnx(path)
     if len(model.graph.input) != 1:
         raise InputError(f"{path}: verify compares single-input models; this one has "
                          f"{len(model.graph.input)} inputs")

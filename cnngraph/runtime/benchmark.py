@@ -63,8 +63,8 @@ def measure(fn: Callable[[], object], batch: int, engine: str, *, warmup: int = 
 def model_input_shape(model_path: str | Path) -> list:
     """The first graph input's dimensions (an int, or a name for a symbolic one), read without
     starting onnxruntime."""
-    import onnx
-    graph = onnx.load(str(model_path), load_external_data=False).graph
+    from ..files import read_onnx
+    graph = read_onnx(model_path).graph
     weights = {t.name for t in graph.initializer}
     first = next(i for i in graph.input if i.name not in weights)
     return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in first.type.tensor_type.shape.dim]

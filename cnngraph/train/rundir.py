@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 import yaml
-from safetensors.torch import load as load_safetensors, save as save_safetensors
+from safetensors.torch import save as save_safetensors
 
 from ..errors import CnnGraphError
 
@@ -72,7 +72,8 @@ def write_weights(path: Path, state_dict: dict[str, torch.Tensor]) -> None:
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    return load_safetensors(path.read_bytes())
+    from ..files import read_weights as read  # the one weights reader every command uses
+    return read(path)
 
 
 def write_checkpoint(path: Path, state: dict[str, Any]) -> None:
