@@ -114,7 +114,7 @@ def _good_npz(tmp_path) -> bytes:
     (lambda d: (d / "bad.npz").write_bytes(_good_npz(d)[:-30]), "zip"),   # directory cut
     (lambda d: (d / "bad.npz").write_bytes(                                # data damaged: CRC
         _good_npz(d)[:120] + b"\xff" * 40 + _good_npz(d)[160:]), "CRC"),
-])
+], ids=["object-array", "cut-zip", "bad-crc"])
 def test_infer_damaged_npz_is_one_line(tiny, tmp_path, capsys, make, reason):
     make(tmp_path)
     message = one_line_error(capsys, "infer", tiny, tmp_path / "bad.npz", "--device", "cpu")
@@ -225,7 +225,7 @@ def test_train_idx_dims_that_overflow_or_are_negative(tmp_path, capsys):
     (bytes([0, 0, 8, 3, 0, 0]), "IDX header cut short: 3 dimensions need 16 bytes, the file has 6"),
     (idx(0x0D, [2, 4, 4], struct.pack(">32f", *[float("nan")] * 32)), "NaN or inf"),
     (gzip.compress(idx(0x08, [2, 4, 4], bytes(32)))[:-6], "cannot read"),
-])
+], ids=["truncated", "trailing", "magic", "type-code", "cut-header", "nan", "cut-gzip"])
 def test_damaged_idx_images_are_one_data_error_line(tmp_path, content, says):
     from cnngraph.data import load_data
     from cnngraph.errors import DataError
