@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ from . import about
 from ..errors import InputError
 from ..files import atomic_write
 from ..runtime import Predictor, load_inputs, load_named_inputs
+
+log = logging.getLogger("cnngraph.runtime")
 
 
 def register(subparsers) -> None:
@@ -76,6 +79,18 @@ def predict(predictor: Predictor, x: np.ndarray | dict[str, np.ndarray],
     return [np.concatenate([p[j] for p in parts]) for j in range(len(predictor.output_names))]
 
 
+def warn_non_finite(labels: list[str], names: list[str], outputs: list[np.ndarray]) -> None:
+    """One warning line per output holding NaN or inf, naming the inputs that gave them: their
+    scores (printed as nan) mean nothing."""
+    for name, out in zip(names, outputs):
+        finite = np.isfinite(out.reshape(len(out), -1)).all(axis=1)
+        if not finite.all():
+            bad = [label for label, ok in zip(labels, finite) if not ok]
+            log.warning("warning: output '%s' is NaN or inf for %d input(s): %s%s; their "
+                        "results mean nothing", name, len(bad), ", ".join(bad[:5]),
+                        " ..." if len(bad) > 5 else "")
+
+
 def save_outputs(path: Path, names: list[str], outputs: list[np.ndarray]) -> None:
     """Write the outputs as one .npz, atomically."""
     if path.is_dir():
@@ -107,6 +122,7 @@ def run(args) -> int:
         x, labels = load_named_inputs(args.inputs, predictor.meta,
                                       {i.name: _expected(predictor, i) for i in predictor.inputs})
     outputs = predict(predictor, x, args.batch_size)
+    warn_non_finite(labels, predictor.output_names, outputs)
     classifier = outputs[0].ndim == 2
     out_path = args.output or (None if classifier else Path(f"{args.model.stem}.outputs.npz"))
     if out_path:

@@ -118,17 +118,12 @@ def _spec_name(model) -> str | None:
         return None
 
 
-def read_model(path: Path) -> onnx.ModelProto:
+def read_model(path: Path) -> "onnx.ModelProto":
     """The model's graph (weights stay on disk), or one InputError for a file that is not an
     ONNX model."""
-    import onnx
+    from ..files import read_onnx
 
-    try:
-        model = onnx.load_model(str(path), load_external_data=False)
-    except Exception:  # protobuf's DecodeError and friends: the bytes are not a ModelProto
-        model = None
-    if model is None or not model.graph.output:
-        raise InputError(f"{path}: not an ONNX model file (write one with `cnngraph export`)")
+    model = read_onnx(path)
     return model
 
 

@@ -63,8 +63,8 @@ def measure(fn: Callable[[], object], batch: int, engine: str, *, warmup: int = 
 def model_input_shapes(model_path: str | Path) -> dict[str, list]:
     """Every graph input's dimensions (an int, or a name for a symbolic one), by name in the
     model's order, read without starting onnxruntime."""
-    import onnx
-    graph = onnx.load(str(model_path), load_external_data=False).graph
+    from ..files import read_onnx
+    graph = read_onnx(model_path).graph
     weights = {t.name for t in graph.initializer}
     return {i.name: [d.dim_value if d.HasField("dim_value") else d.dim_param
                      for d in i.type.tensor_type.shape.dim]

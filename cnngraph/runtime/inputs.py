@@ -13,6 +13,7 @@ Both are (C, H, W) or (N, C, H, W).
 from __future__ import annotations
 
 import json
+import logging
 import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,6 +22,7 @@ import numpy as np
 
 from ..errors import InputError
 
+log = logging.getLogger("cnngraph.runtime")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -113,22 +115,31 @@ def normalize(pixels: np.ndarray, meta: ModelMeta) -> np.ndarray:
 
 
 def load_image(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
-    """One image file -> uint8 (C, H, W) following the image rule above."""
-    from PIL import Image, UnidentifiedImageError
+    """One image file -> uint8 (C, H, W) following the image rule above (the shared reader,
+    cnngraph.files.read_image); each conversion beyond a lossless decode is logged as a note."""
+    from ..files import read_image
     channels, height, width = shape
     modes = {1: "L", 3: "RGB", 4: "RGBA"}
     if channels not in modes:
         raise InputError(f"{path}: images can feed 1-, 3- or 4-channel inputs; the model takes "
                          f"{channels} channels (pass a .npy instead)")
-    try:
-        with Image.open(path) as im:
-            im = im.convert(modes[channels])
-            if im.size != (width, height):
-                im = im.resize((width, height), Image.Resampling.BILINEAR)
-            pixels = np.asarray(im, dtype=np.uint8)
-    except (OSError, UnidentifiedImageError) as exc:
-        raise InputError(f"{path}: cannot read it as an image ({exc})") from None
+    pixels, notes = read_image(path, modes[channels], (height, width))
+    for note in notes:
+        log.warning("note: %s: %s", path, note)
     return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+
+
+def _check_polarity(path: Path, pixels: np.ndarray, meta: ModelMeta) -> None:
+    """Warn about an image whose brightness is the mirror of the training images' (the model's
+    normalize mean): a dark digit on a light background fed to a model trained on MNIST's
+    light-on-dark digits is confidently misread. Only warned: the image is fed as it is."""
+    if not meta.mean:
+        return
+    trained, seen = float(np.mean(meta.mean)), float(pixels.mean()) / 255
+    if abs(seen - trained) > 0.4 and abs(1 - seen - trained) < 0.2:
+        log.warning("warning: %s: mean brightness %.2f, where the model's training images "
+                    "average %.2f: inverted (dark on light where it learned light on dark, or "
+                    "the reverse)? invert it if so (PIL.ImageOps.invert)", path, seen, trained)
 
 
 def _as_batch(array: np.ndarray, where: str, expected: tuple[int, ...] | None) -> np.ndarray:
@@ -155,7 +166,21 @@ def _array_input(array: np.ndarray, where: str, meta: ModelMeta,
                  expected: tuple[int, ...] | None) -> np.ndarray:
     if array.dtype != np.uint8 and not np.issubdtype(array.dtype, np.floating):
         raise InputError(f"{where}: dtype {array.dtype} is neither uint8 pixels nor floats")
-    return normalize(_as_batch(array, where, expected), meta)
+    batch = _as_batch(array, where, expected)
+    if array.dtype != np.uint8:
+        finite = np.isfinite(batch)
+        if not finite.all():
+            bad = np.flatnonzero(~finite.reshape(len(batch), -1).all(axis=1)).tolist()
+            log.warning("warning: %s: %d NaN or inf value(s), in sample(s) %s%s", where,
+                        int((~finite).sum()), bad[:10], " ..." if len(bad) > 10 else "")
+        if finite.any():
+            low, high = float(batch[finite].min()), float(batch[finite].max())
+            if low < -0.01 or high > 1.01:
+                log.warning("warning: %s: float values span [%.3g, %.3g]; float arrays are read "
+                            "as pixels in [0, 1] and normalised with the model's mean/std, so "
+                            "pass raw pixels (uint8, or floats / 255), not normalised ones",
+                            where, low, high)
+    return normalize(batch, meta)
 
 
 def load_inputs(paths: list[Path], meta: ModelMeta, input_name: str,
@@ -174,7 +199,9 @@ def load_inputs(paths: list[Path], meta: ModelMeta, input_name: str,
             if expected is None:
                 raise InputError(f"{path}: the model has no cnngraph.input_shape metadata, so "
                                  f"images cannot be resized for it; pass a .npy")
-            batch = normalize(load_image(path, tuple(expected))[None], meta)
+            pixels = load_image(path, tuple(expected))
+            _check_polarity(path, pixels, meta)
+            batch = normalize(pixels[None], meta)
         elif suffix in (".npy", ".npz"):
             batch = _array_input(_read_array(path, input_name), str(path), meta, expected)
         else:
@@ -191,18 +218,21 @@ def _read_array(path: Path, input_name: str) -> np.ndarray:
     only array it holds. Never unpickles."""
     try:
         data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read it as a NumPy file ({exc})") from None
-    if isinstance(data, np.ndarray):
-        return data
-    with data:
-        for key in (input_name, "x"):
-            if key in data.files:
-                return data[key]
-        if len(data.files) == 1:
-            return data[data.files[0]]
-        raise InputError(f"{path}: holds arrays {data.files}; name the input array "
-                         f"'{input_name}' or 'x'")
+        if isinstance(data, np.ndarray):
+            return data
+        with data:
+            key = next((k for k in (input_name, "x") if k in data.files),
+                       data.files[0] if len(data.files) == 1 else None)
+            if key is None:
+                raise InputError(f"{path}: holds arrays {data.files}; name the input array "
+                                 f"'{input_name}' or 'x'")
+            return data[key]
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - numpy and zipfile raise OSError, ValueError
+        # (object arrays: never unpickled), BadZipFile, EOFError, zlib.error on damaged files
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{path}: cannot read it as a NumPy file ({reason})") from None
 
 
 def load_named_inputs(paths: list[Path], meta: ModelMeta, expected: dict[str, tuple[int, ...] | None]
