@@ -3,7 +3,6 @@ through the dispatcher, against published parameter counts and the output-size f
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -87,6 +86,7 @@ def test_ops_lists_attributes_and_defaults(capsys):
 
 
 def test_version_prints_the_package_version(capsys):
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
     expected = tomllib.loads(pyproject.read_text())["project"]["version"]
     with pytest.raises(SystemExit) as exit_:
