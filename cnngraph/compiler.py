@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from . import zoo
+from . import init, zoo
 from .analysis import analyse
 from .errors import InputError, SpecError
 from .expand import expand
@@ -91,7 +91,8 @@ def _input_shapes(spec: Any, input_shape) -> dict[str, list[int]] | None:
 
 def check_meta(graph: Graph, source: Source) -> None:
     """`meta` is a mapping; its `normalize` has one mean and one positive std per input channel
-    (or one for all), and its `classes` name each column of a (N, F) main output."""
+    (or one for all), its `init` rules are known (cnngraph/init.py), and its `classes` name each
+    column of a (N, F) main output."""
     spec = source.data
     meta = spec.get("meta")
     if meta is None:
@@ -117,6 +118,8 @@ def check_meta(graph: Graph, source: Source) -> None:
             if key == "std" and not all(v > 0 for v in values):
                 raise fail(f"`meta.normalize.std` must be > 0 (inputs are divided by it), got "
                            f"{values!r}", normalize, key)
+    if "init" in meta:
+        init.check(meta, graph, fail)
     if "classes" in meta:
         classes = meta["classes"]
         if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
