@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from . import zoo
+from . import init, zoo
 from .analysis import analyse
 from .errors import InputError, SpecError
 from .expand import expand
@@ -119,7 +119,8 @@ def _check_channels(spec: dict, name: str, shape: list[int], declared: dict) -> 
 
 def check_meta(graph: Graph, source: Source) -> None:
     """`meta` is a mapping; its `normalize` has one mean and one positive std per input channel
-    (or one for all), and its `classes` name each column of a (N, F) main output."""
+    (or one for all), its `init` rules are known (cnngraph/init.py), and its `classes` name each
+    column of a (N, F) main output."""
     spec = source.data
     meta = spec.get("meta")
     if meta is None:
@@ -152,6 +153,8 @@ def check_meta(graph: Graph, source: Source) -> None:
                            f"{normalize!r}", meta, "normalize")
             _check_normalize(normalize, next(iter(channels.values())), "meta.normalize",
                              lambda message, key: fail(message, normalize, key))
+    if "init" in meta:
+        init.check(meta, graph, fail)
     if "classes" in meta:
         classes = meta["classes"]
         if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):

@@ -44,8 +44,8 @@ def run(args) -> int:
                                  "this machine with --placement cpu")
     model = read_model(args.model)
     graph, module = resolve(args.against, args.weights, args.seed)
-    exported_from = _spec_name(model)
-    if exported_from and exported_from != graph.name:
+    exported_from = _exported_from(model, graph)
+    if exported_from:
         print(f"note: {args.model} was exported from spec '{exported_from}', and --against "
               f"gives '{graph.name}'")
     feeds = {f.name: [d.dim_value if d.HasField("dim_value") else d.dim_param
@@ -108,14 +108,22 @@ def run(args) -> int:
     return 0
 
 
-def _spec_name(model) -> str | None:
-    """The name of the spec recorded in the model's metadata, if any."""
+def _exported_from(model, graph) -> str | None:
+    """The name of the network the model's cnngraph.spec metadata records, when it is not the
+    one `graph` is: a family's variant counts, not the family (`densenet121`, not `densenet`). An
+    export without a recorded variant matches any variant of its family."""
     import json
     props = {p.key: p.value for p in model.metadata_props}
     try:
-        return json.loads(props["cnngraph.spec"]).get("name")
+        spec = json.loads(props["cnngraph.spec"])
+        name, variant = spec.get("name"), spec.get("variant")
     except (KeyError, ValueError, AttributeError):
         return None
+    if variant is None:
+        same = name in (graph.name, graph.spec.get("name"))
+    else:
+        same = (name, variant) == (graph.spec.get("name"), graph.meta.get("variant"))
+    return None if same else str(variant or name)
 
 
 def read_model(path: Path) -> "onnx.ModelProto":
