@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from . import zoo
+from . import init, zoo
 from .analysis import analyse
 from .errors import InputError, SpecError
 from .expand import expand
@@ -119,7 +119,8 @@ def _check_channels(spec: dict, name: str, shape: list[int], declared: dict) -> 
 
 def check_meta(graph: Graph, source: Source) -> None:
     """`meta` is a mapping; its `normalize` has one mean and one positive std per input channel
-    (or one for all), and its `classes` name each column of a (N, F) main output."""
+    (or one for all), its `init` rules are known (cnngraph/init.py), and its `classes` name each
+    column of a (N, F) main output."""
     spec = source.data
     meta = spec.get("meta")
     if meta is None:
@@ -133,18 +134,27 @@ def check_meta(graph: Graph, source: Source) -> None:
                    "normalize: {mean: [...], std: [...]}}`")
     if "normalize" in meta:
         normalize = meta["normalize"]
-        if not isinstance(normalize, dict) or set(normalize) != {"mean", "std"}:
-            raise fail(f"`meta.normalize` must be {{mean: [...], std: [...]}}, got {normalize!r}",
-                       meta, "normalize")
-        channels = graph.inputs[0].shape[1]
-        for key, values in normalize.items():
-            if (not isinstance(values, list) or len(values) not in (1, channels) or not all(
-                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
-                raise fail(f"`meta.normalize.{key}` must be a list of numbers, one per input "
-                           f"channel ({channels}) or one for all, got {values!r}", normalize, key)
-            if key == "std" and not all(v > 0 for v in values):
-                raise fail(f"`meta.normalize.std` must be > 0 (inputs are divided by it), got "
-                           f"{values!r}", normalize, key)
+        channels = {n.name: n.shape[1] for n in graph.inputs}
+        if isinstance(normalize, dict) and normalize and all(
+                isinstance(v, dict) for v in normalize.values()):  # per input
+            for name, entry in normalize.items():
+                if name not in channels:
+                    raise fail(f"`meta.normalize` names {name!r}, which is not an input; the "
+                               f"inputs are {', '.join(channels)}", normalize, name)
+                _check_normalize(entry, channels[name], f"meta.normalize.{name}",
+                                 lambda message, key, m=entry: fail(message, m, key))
+        elif len(channels) > 1:
+            raise fail(f"`meta.normalize` must give each input its own: {{{next(iter(channels))}: "
+                       f"{{mean: [...], std: [...]}}, ...}} (the inputs are "
+                       f"{', '.join(channels)}), got {normalize!r}", meta, "normalize")
+        else:
+            if not isinstance(normalize, dict) or set(normalize) != {"mean", "std"}:
+                raise fail(f"`meta.normalize` must be {{mean: [...], std: [...]}}, got "
+                           f"{normalize!r}", meta, "normalize")
+            _check_normalize(normalize, next(iter(channels.values())), "meta.normalize",
+                             lambda message, key: fail(message, normalize, key))
+    if "init" in meta:
+        init.check(meta, graph, fail)
     if "classes" in meta:
         classes = meta["classes"]
         if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
@@ -155,6 +165,19 @@ def check_meta(graph: Graph, source: Source) -> None:
             main = graph.active_outputs(False)[0].name
             raise fail(f"`meta.classes` has {len(classes)} names but the output '{main}' has "
                        f"{width} classes: give {width} names", meta, "classes")
+
+
+def _check_normalize(entry: dict, channels: int, where: str, fail) -> None:
+    """`entry` is {mean: [...], std: [...]}: one number per channel (or one for all), std > 0."""
+    if set(entry) != {"mean", "std"}:
+        raise fail(f"`{where}` must be {{mean: [...], std: [...]}}, got {entry!r}", None)
+    for key, values in entry.items():
+        if (not isinstance(values, list) or len(values) not in (1, channels) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
+            raise fail(f"`{where}.{key}` must be a list of numbers, one per input channel "
+                       f"({channels}) or one for all, got {values!r}", key)
+        if key == "std" and not all(v > 0 for v in values):
+            raise fail(f"`{where}.std` must be > 0 (inputs are divided by it), got {values!r}", key)
 
 
 def _chosen_spec(spec: dict, variant: str | None, shapes: dict | None) -> dict:

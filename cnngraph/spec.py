@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import yaml
 
 from . import limits
 from .errors import SpecError
+from .files import atomic_write
 
 SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -256,14 +256,7 @@ def save_spec(spec: dict, path: str | os.PathLike) -> Path:
         text = json.dumps(plain, indent=2) + "\n"
     else:
         text = yaml.safe_dump(plain, sort_keys=False, allow_unicode=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(path, text.encode("utf-8"))
     return path
 
 
