@@ -116,9 +116,11 @@ class Expander:
 
     def name(self, value: Any, what: str, mapping: Any, path: str | None, key: str) -> str:
         """`value` when it is a name ([A-Za-z_][A-Za-z0-9_]*); a SpecError naming `what`."""
-        if not isinstance(value, str) or not NAME.fullmatch(value):
+        if (not isinstance(value, str) or not NAME.fullmatch(value)
+                or len(value) > limits.MAX_NAME):
             raise self.error(f"{what} {limits.describe(value)} is not a name: write one "
-                             "matching [A-Za-z_][A-Za-z0-9_]*", mapping, path, key)
+                             f"matching [A-Za-z_][A-Za-z0-9_]* (at most {limits.MAX_NAME} "
+                             "characters)", mapping, path, key)
         return value
 
     # --- the whole spec ----------------------------------------------------------------------
@@ -135,7 +137,7 @@ class Expander:
         if name is None:
             raise self.error("the spec has no `name`: add e.g. `name: mynet`", spec)
         if not isinstance(name, str) or not name:
-            raise self.error(f"`name` must be a non-empty string, got {name!r}: write e.g. "
+            raise self.error(f"`name` must be a non-empty string, got {limits.describe(name)}: write e.g. "
                              "`name: mynet`", spec, key="name")
         variant = variant or spec.get("variant")
         if variant is not None:
@@ -180,7 +182,7 @@ class Expander:
         env: dict = {}
         for key, raw in params.items():
             if not isinstance(key, str) or not NAME.fullmatch(key):
-                raise self.error(f"parameter name {key!r} is not an identifier", params)
+                raise self.error(f"parameter name {limits.describe(key)} is not an identifier", params)
             where = variants if key in overrides else params
             env[key] = self.value(overrides.get(key, raw), env, where,
                                   None, variant if key in overrides else key)
@@ -200,7 +202,7 @@ class Expander:
                 raise self.error("`inputs` must map input names to shapes", spec, key="inputs")
         for name, raw in declared.items():
             if not isinstance(name, str) or not NAME.fullmatch(name):
-                raise self.error(f"input name {name!r} is not an identifier", spec, key="inputs")
+                raise self.error(f"input name {limits.describe(name)} is not an identifier", spec, key="inputs")
             shape = self.value(raw, env, spec, None, "input" if "input" in spec else "inputs")
             if shapes and name in shapes:
                 shape = shapes[name]
@@ -233,12 +235,12 @@ class Expander:
             phase = entry.get("phase", "both")
             if phase not in PHASES:
                 raise self.error(f"output '{entry['name']}': phase must be one of "
-                                 f"{', '.join(PHASES)}, got {phase!r}", mapping, key="phase")
+                                 f"{', '.join(PHASES)}, got {limits.describe(phase)}", mapping, key="phase")
             weight = entry.get("loss_weight", 1.0)
             if (isinstance(weight, bool) or not isinstance(weight, (int, float))
                     or not math.isfinite(weight) or weight < 0):
                 raise self.error(f"output '{entry['name']}': loss_weight must be a number >= 0, "
-                                 f"got {weight!r}", mapping, key="loss_weight")
+                                 f"got {limits.describe(weight)}", mapping, key="loss_weight")
             if any(o.name == entry["name"] for o in outputs):
                 raise self.error(f"duplicate output name '{entry['name']}': rename one", mapping)
             source = entry.get("from", entry["name"])
@@ -271,7 +273,7 @@ class Expander:
     def layer(self, layer: Any, scope: Scope, env: dict, previous: str) -> str:
         if not isinstance(layer, dict):
             raise self.error(f"a layer is a mapping with `name` and `op` (or `block`), got "
-                             f"{layer!r}", None, scope.prefix.rstrip(".") or None)
+                             f"{limits.describe(layer)}", None, scope.prefix.rstrip(".") or None)
         if "name" not in layer:
             raise self.error("layer without `name`: add `name: ...` (unique in its list)", layer,
                              scope.prefix.rstrip(".") or None)
@@ -293,7 +295,7 @@ class Expander:
             return name
         count = self.value(layer["repeat"], env, layer, path, "repeat")
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise self.error(f"repeat must be a non-negative integer, got {count!r}",
+            raise self.error(f"repeat must be a non-negative integer, got {limits.describe(count)}",
                              layer, path, "repeat")
         before, spent = self.expanded, self.evaluated
         self.check_size(before + count, layer, path)  # each copy is at least one layer
@@ -332,7 +334,7 @@ class Expander:
         if "when" in layer:
             when = self.value(layer["when"], env, layer, path, "when")
             if not isinstance(when, bool):
-                raise self.error(f"`when` must be true or false, got {when!r}", layer, path,
+                raise self.error(f"`when` must be true or false, got {limits.describe(when)}", layer, path,
                                  "when")
             if not when:
                 scope.symbols[name] = refs[0]

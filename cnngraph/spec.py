@@ -78,6 +78,17 @@ class _LineLoader(yaml.composer.Composer, *_PARSERS, yaml.constructor.SafeConstr
         finally:
             self.depth -= nests
 
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep)
+        except SpecError:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError,
+                OverflowError) as exc:  # `!!int 3.5`, `!!bool 3`, `!!timestamp x`
+            raise self.error(f"{node.tag.rpartition(':')[2]} value {limits.describe(node.value)} "
+                             f"cannot be read ({type(exc).__name__}): fix the value or drop its "
+                             "tag", node) from None
+
     def construct_yaml_int(self, node):
         if len(node.value) > 40:  # int() of a long literal is slow, and past 4,300 digits refused
             raise self.error(f"integer {node.value[:20]}... out of range (limit: ±2**63-1)", node)
@@ -164,6 +175,9 @@ def check_data(source: Source) -> dict[int, int]:
                     if not isinstance(k, str):
                         raise fail(f"key {limits.describe(k)} is not a string: keys are names",
                                    where, value, None)
+                    if len(k) > limits.MAX_NAME:
+                        raise fail(f"key {limits.describe(k)} is longer than {limits.MAX_NAME} "
+                                   "characters: keys are names", where, value, None)
                     count += walk(v, f"{where}.{k}" if where else k, depth + 1, value, k)
             else:
                 count = sum(walk(v, f"{where}[{i}]", depth + 1, mapping, key)

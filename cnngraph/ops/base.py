@@ -60,11 +60,11 @@ class Attr:
             return float(self._in_range(value, None))
         if kind == "bool":
             if not isinstance(value, bool):
-                raise ValueError(f"expected true or false, got {value!r}")
+                raise ValueError(f"expected true or false, got {limits.describe(value)}")
             return value
         if kind == "str":
             if not isinstance(value, str) or (self.choices and value not in self.choices):
-                raise ValueError(f"expected one of {', '.join(self.choices or ())}, got {value!r}")
+                raise ValueError(f"expected one of {', '.join(self.choices or ())}, got {limits.describe(value)}")
             return value
         if kind == "ints":
             vals = [self._in_range(v, limits.MAX_SIZE) for v in _int_list(value, (1, 2))]

@@ -66,7 +66,7 @@ class Input(Op):
         if (not isinstance(shape, (list, tuple)) or len(shape) not in (1, 3)
                 or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape)):
             raise ShapeError(f"input shape must be [C, H, W] or [F] of positive integers, "
-                             f"got {shape!r}")
+                             f"got {limits.describe(shape)}")
         return (BATCH, *shape)
 
 
