@@ -78,28 +78,19 @@ class _LineLoader(yaml.composer.Composer, *_PARSERS, yaml.constructor.SafeConstr
         finally:
             self.depth -= nests
 
-    def construct_object(self, node, deep=False):
-        try:
-            return super().construct_object(node, deep)
-        except SpecError:
-            raise
-        except (ValueError, TypeError, KeyError, AttributeError, IndexError,
-                OverflowError) as exc:  # `!!int 3.5`, `!!bool 3`, `!!timestamp x`
-            raise self.error(f"{node.tag.rpartition(':')[2]} value {limits.describe(node.value)} "
-                             f"cannot be read ({type(exc).__name__}): fix the value or drop its "
-                             "tag", node) from None
-
     def construct_yaml_int(self, node):
         if len(node.value) > 40:  # int() of a long literal is slow, and past 4,300 digits refused
             raise self.error(f"integer {node.value[:20]}... out of range (limit: ±2**63-1)", node)
         return super().construct_yaml_int(node)
 
     def construct_yaml_map(self, node):
+        """The mapping, built here in one pass over its pairs (values as PyYAML's
+        construct_mapping would make them), with the line of each key."""
         data: dict = {}
         yield data
         self.flatten_mapping(node)
         keys: dict[str, int] = {}
-        for key_node, _ in node.value:
+        for key_node, value_node in node.value:
             key = self.construct_object(key_node)
             if not isinstance(key, str):
                 what = {list: "a list", dict: "a mapping"}.get(type(key)) or limits.describe(key)
@@ -107,15 +98,35 @@ class _LineLoader(yaml.composer.Composer, *_PARSERS, yaml.constructor.SafeConstr
                                  "(quote it; YAML reads yes/no/on/off/null and numbers as "
                                  "other types)", key_node)
             if key in keys:
-                raise self.error(f"duplicate key '{key}' (first on line {keys[key]}): remove "
-                                 "one of them", key_node)
+                raise self.error(f"duplicate key {limits.describe(key)} (first on line "
+                                 f"{keys[key]}): remove one of them", key_node)
             keys[key] = key_node.start_mark.line + 1
-        data.update(self.construct_mapping(node))
+            data[key] = self.construct_object(value_node)
         self.lines[id(data)] = (node.start_mark.line + 1, keys)
 
 
+def _located(construct):
+    """A scalar constructor whose failures (`!!int 3.5`, `!!bool 3`, `!!timestamp x`) are a
+    SpecError at the value's line."""
+    def located(loader: _LineLoader, node):
+        try:
+            return construct(loader, node)
+        except SpecError:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError,
+                OverflowError) as exc:
+            raise loader.error(f"{node.tag.rpartition(':')[2]} value "
+                               f"{limits.describe(node.value)} cannot be read "
+                               f"({type(exc).__name__}): fix the value or drop its tag",
+                               node) from None
+    return located
+
+
 _LineLoader.add_constructor("tag:yaml.org,2002:map", _LineLoader.construct_yaml_map)
-_LineLoader.add_constructor("tag:yaml.org,2002:int", _LineLoader.construct_yaml_int)
+_LineLoader.add_constructor("tag:yaml.org,2002:int", _located(_LineLoader.construct_yaml_int))
+for _tag in ("float", "bool", "timestamp", "binary"):
+    _tag = f"tag:yaml.org,2002:{_tag}"
+    _LineLoader.add_constructor(_tag, _located(_LineLoader.yaml_constructors[_tag]))
 
 
 def parse_yaml(text: str, file: str | None = None) -> Source:
