@@ -19,6 +19,7 @@ import yaml
 from . import limits
 from .errors import SpecError
 from .files import atomic_write
+from .limits import describe
 
 SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -93,12 +94,12 @@ class _LineLoader(yaml.composer.Composer, *_PARSERS, yaml.constructor.SafeConstr
         for key_node, value_node in node.value:
             key = self.construct_object(key_node)
             if not isinstance(key, str):
-                what = {list: "a list", dict: "a mapping"}.get(type(key)) or limits.describe(key)
+                what = {list: "a list", dict: "a mapping"}.get(type(key)) or describe(key)
                 raise self.error(f"key {what} is not a string: keys are names "
                                  "(quote it; YAML reads yes/no/on/off/null and numbers as "
                                  "other types)", key_node)
             if key in keys:
-                raise self.error(f"duplicate key {limits.describe(key)} (first on line "
+                raise self.error(f"duplicate key {describe(key)} (first on line "
                                  f"{keys[key]}): remove one of them", key_node)
             keys[key] = key_node.start_mark.line + 1
             data[key] = self.construct_object(value_node)
@@ -116,7 +117,7 @@ def _located(construct):
         except (ValueError, TypeError, KeyError, AttributeError, IndexError,
                 OverflowError) as exc:
             raise loader.error(f"{node.tag.rpartition(':')[2]} value "
-                               f"{limits.describe(node.value)} cannot be read "
+                               f"{describe(node.value)} cannot be read "
                                f"({type(exc).__name__}): fix the value or drop its tag",
                                node) from None
     return located
@@ -184,10 +185,10 @@ def check_data(source: Source) -> dict[int, int]:
                 count = len(value)
                 for k, v in value.items():
                     if not isinstance(k, str):
-                        raise fail(f"key {limits.describe(k)} is not a string: keys are names",
+                        raise fail(f"key {describe(k)} is not a string: keys are names",
                                    where, value, None)
                     if len(k) > limits.MAX_NAME:
-                        raise fail(f"key {limits.describe(k)} is longer than {limits.MAX_NAME} "
+                        raise fail(f"key {describe(k)} is longer than {limits.MAX_NAME} "
                                    "characters: keys are names", where, value, None)
                     count += walk(v, f"{where}.{k}" if where else k, depth + 1, value, k)
             else:
@@ -200,7 +201,7 @@ def check_data(source: Source) -> dict[int, int]:
             counted[id(value)] = count
             return count
         if value is not None and not isinstance(value, (str, int, float)):
-            raise fail(f"{limits.describe(value)} is not a spec value: use a string (quote it), "
+            raise fail(f"{describe(value)} is not a spec value: use a string (quote it), "
                        "a number, true/false, null, a list or a mapping", where, mapping, key)
         try:
             limits.number(value)
