@@ -465,3 +465,15 @@ def test_a_long_key_is_refused_briefly():
     spec["layers"][0]["k" * 5000] = 1
     with pytest.raises(SpecError, match=r"`layers\[0\]`: key 'kkk.*' is longer than 100 "):
         cnngraph.load(spec)
+
+
+def test_an_uneven_adaptive_pool_too_large_for_onnx_constants_is_an_export_error(tmp_path):
+    from cnngraph.errors import ExportError
+    from exporters import export_onnx
+
+    spec = {"name": "t", "input": [1, 1, 20_000],
+            "layers": [{"name": "pool", "op": "adaptive_avg_pool2d", "size": [1, 19_999]}]}
+    graph = cnngraph.load(spec)
+    with pytest.raises(ExportError, match=r"layer 'pool' .*uneven bins from 1x20000 to 1x19999 "
+                                          r"in constants of at most 16,777,216 numbers"):
+        export_onnx(graph, cnngraph.build(graph), tmp_path / "t.onnx")
