@@ -477,3 +477,15 @@ def test_an_uneven_adaptive_pool_too_large_for_onnx_constants_is_an_export_error
     with pytest.raises(ExportError, match=r"layer 'pool' .*uneven bins from 1x20000 to 1x19999 "
                                           r"in constants of at most 16,777,216 numbers"):
         export_onnx(graph, cnngraph.build(graph), tmp_path / "t.onnx")
+
+
+def test_the_cli_prints_any_error_on_one_line(monkeypatch, capsys):
+    from cnngraph.commands import show
+    from cnngraph.errors import InputError
+
+    def run(args):
+        raise InputError("file 'a\nb\x1b[2J' is odd")
+
+    monkeypatch.setattr(show, "run", run)
+    assert main(["show", "x"]) == 2
+    assert capsys.readouterr().err == "cnngraph show: error: file 'a\\nb\\x1b[2J' is odd\n"
