@@ -114,13 +114,15 @@ class Expander:
                              "instance evaluates its own): lower `repeat` or the number of keys",
                              mapping, path, key)
 
-    def name(self, value: Any, what: str, mapping: Any, path: str | None, key: str) -> str:
-        """`value` when it is a name ([A-Za-z_][A-Za-z0-9_]*); a SpecError naming `what`."""
-        if (not isinstance(value, str) or not NAME.fullmatch(value)
-                or len(value) > limits.MAX_NAME):
-            raise self.error(f"{what} {describe(value)} is not a name: write one "
-                             f"matching [A-Za-z_][A-Za-z0-9_]* (at most {limits.MAX_NAME} "
-                             "characters)", mapping, path, key)
+    def name(self, value: Any, what: str, mapping: Any, path: str | None, key: str,
+             identifier: bool = False) -> str:
+        """`value` when it is a name: a string of at most MAX_NAME characters (an identifier,
+        [A-Za-z_][A-Za-z0-9_]*, for layer names); else a SpecError naming `what`."""
+        if (not isinstance(value, str) or not value or len(value) > limits.MAX_NAME
+                or (identifier and not NAME.fullmatch(value))):
+            rule = "matching [A-Za-z_][A-Za-z0-9_]*" if identifier else "as a string"
+            raise self.error(f"{what} {describe(value)} is not a name: write one {rule} (at "
+                             f"most {limits.MAX_NAME} characters)", mapping, path, key)
         return value
 
     # --- the whole spec ----------------------------------------------------------------------
@@ -280,7 +282,7 @@ class Expander:
             raise self.error("layer without `name`: add `name: ...` (unique in its list)", layer,
                              scope.prefix.rstrip(".") or None)
         name = self.name(self.value(layer["name"], env, layer, None, "name"), "layer name",
-                         layer, None, "name")
+                         layer, None, "name", identifier=True)
         path = scope.prefix + name
         if name in scope.symbols:
             raise self.error(f"duplicate name '{name}': every layer in a list needs its own name "
