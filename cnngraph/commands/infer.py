@@ -2,6 +2,7 @@
 
 A model whose first output is (N, classes) prints the top-k classes per input (softmax applied
 unless the rows already are probabilities); any other model has its outputs written to an .npz.
+A model with several inputs takes .npz files holding one array per input name.
 """
 from __future__ import annotations
 
