@@ -11,6 +11,7 @@ from torch.nn import functional as F
 
 from .. import limits
 from ..graph import BATCH, Node, Shape
+from ..limits import describe
 from . import register
 from .base import REQUIRED, Attr, Call, Op, ShapeError
 
@@ -66,7 +67,7 @@ class Input(Op):
         if (not isinstance(shape, (list, tuple)) or len(shape) not in (1, 3)
                 or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape)):
             raise ShapeError(f"input shape must be [C, H, W] or [F] of positive integers, "
-                             f"got {shape!r}")
+                             f"got {describe(shape)}")
         return (BATCH, *shape)
 
 
@@ -242,7 +243,7 @@ def upsample_scale(node: Node) -> tuple[float, float]:
     if (len(values) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, float))
                                 or not 0 < v <= limits.MAX_SIZE for v in values)):
         raise ShapeError(f"upsample scale must be a number in (0, {limits.MAX_SIZE:,}] or "
-                         f"[sh, sw], got {limits.describe(scale)}")
+                         f"[sh, sw], got {describe(scale)}")
     return values[0], values[1]
 
 
