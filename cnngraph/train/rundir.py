@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 import yaml
-from safetensors.torch import load as load_safetensors, save as save_safetensors
+from safetensors.torch import save as save_safetensors
 
 from ..errors import CnnGraphError
 from ..files import atomic_write, writing
@@ -117,10 +117,8 @@ def write_weights(path: Path, state_dict: dict[str, torch.Tensor]) -> None:
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_safetensors(path.read_bytes())
-    except Exception as exc:  # safetensors raises its own SafetensorError and others
-        raise damaged(path, _first_line(exc)) from None
+    from ..files import read_weights as read  # the one weights reader every command uses
+    return read(path)
 
 
 def write_checkpoint(path: Path, state: dict[str, Any]) -> None:

@@ -267,6 +267,11 @@ def train(spec_or_graph, data: str | Dataset | None = None, *, out: str | Path |
     if unknown:
         raise TypeError(f"train() got unknown options: {', '.join(sorted(unknown))}")
     graph = spec_or_graph if isinstance(spec_or_graph, Graph) else load(spec_or_graph)
+    if len(graph.inputs) != 1:  # the datasets hold one image per sample
+        shapes = ", ".join(f"{k} {list(v)}" for k, v in graph.input_shapes.items())
+        raise DataError(f"'{graph.name}' has {len(graph.inputs)} inputs ({shapes}); `train` "
+                        "trains single-input classifiers only (one image per sample): train "
+                        "it with your own PyTorch loop on cnngraph.build(graph)")
     if data is not None:
         options["data"] = data.source if isinstance(data, Dataset) else str(data)
     device = _device(TrainConfig(device=options.get("device") or "auto"))
