@@ -157,6 +157,7 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0].split('. ')[0][:200]}" if text else type(exc).__name__
 
 
+MAX_DATA_BYTES = 1 << 32  # 4 GiB: the most a data file (an array, a dataset) may hold unpacked
 MAX_PIXELS = 1 << 26  # 67 megapixels (8192 x 8192): larger images are refused before decoding
 _ALPHA = {"RGBA", "LA", "PA", "RGBa", "La"}
 _GRAY = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}

@@ -194,7 +194,17 @@ def test_infer_warns_about_non_finite_and_normalised_arrays(tiny, tmp_path, caps
         "warning: output 'logits' is NaN or inf for 1 input(s): nan.npy[1]; their results mean "
         "nothing"]
     out = capsys.readouterr().out
-    assert "nan.npy[1]: " in out and "nan.npy[0]: " in out
+    assert "nan.npy[0]: " in out and "nan.npy[1]: 0 nan, 1 nan" in out
+    result = infer_json_strict(capsys, tiny, tmp_path / "nan.npy")  # JSON has no NaN: null
+    assert [c["probability"] for c in result[1]["top_k"]] == [None] * 5
+    assert all(c["probability"] > 0 for c in result[0]["top_k"])
+
+
+def infer_json_strict(capsys, *args) -> list[dict]:
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+    assert main(["infer", *map(str, args), "--json", "--device", "cpu"]) == 0
+    return json.loads(capsys.readouterr().out, parse_constant=refuse)
 
 
 # --- train --data: damaged IDX, CIFAR and .npz datasets -------------------------------------
@@ -288,3 +298,18 @@ def test_damaged_npz_and_cifar_datasets_are_one_data_error_line(tmp_path):
         with pytest.raises(DataError, match=says) as caught:
             load_data(cifar, (3, 32, 32))
         assert str(caught.value).startswith(str(cifar / "data_batch_1"))
+
+
+def test_a_compressed_npz_bomb_stops_at_the_size_bound(tiny, tmp_path, capsys, monkeypatch):
+    from cnngraph.data import load_data, readers
+    from cnngraph.errors import DataError
+    from cnngraph.runtime import inputs
+    for module in (readers, inputs):
+        monkeypatch.setattr(module, "MAX_DATA_BYTES", 1 << 20)
+    bomb = tmp_path / "bomb.npz"   # 4 MiB of zeros in a few kB
+    np.savez_compressed(bomb, x=np.zeros((1024, 1, 32, 32), np.float32), y=np.zeros(1024, int))
+    assert bomb.stat().st_size < 50_000
+    with pytest.raises(DataError, match=r"bomb.npz: holds 4,\d{3},\d{3} bytes once unpacked"):
+        load_data(bomb, (1, 32, 32))
+    message = one_line_error(capsys, "infer", tiny, bomb, "--device", "cpu")
+    assert f"{bomb}: array 'x' holds 4,194,432 bytes unpacked" in message  # 4 MiB + header

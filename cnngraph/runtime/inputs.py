@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..files import MAX_DATA_BYTES
 
 log = logging.getLogger("cnngraph.runtime")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -226,6 +227,11 @@ def _read_array(path: Path, input_name: str) -> np.ndarray:
             if key is None:
                 raise InputError(f"{path}: holds arrays {data.files}; name the input array "
                                  f"'{input_name}' or 'x'")
+            member = key if key in data.zip.namelist() else f"{key}.npy"
+            if data.zip.getinfo(member).file_size > MAX_DATA_BYTES:  # compressed: any size
+                raise InputError(f"{path}: array '{key}' holds "
+                                 f"{data.zip.getinfo(member).file_size:,} bytes unpacked, more "
+                                 f"than the {MAX_DATA_BYTES:,} cnngraph reads into memory")
             return data[key]
     except InputError:
         raise
