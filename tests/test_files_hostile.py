@@ -313,3 +313,27 @@ def test_a_compressed_npz_bomb_stops_at_the_size_bound(tiny, tmp_path, capsys, m
         load_data(bomb, (1, 32, 32))
     message = one_line_error(capsys, "infer", tiny, bomb, "--device", "cpu")
     assert f"{bomb}: array 'x' holds 4,194,432 bytes unpacked" in message  # 4 MiB + header
+
+
+def test_float16_copy_of_junk_is_the_same_one_line(tmp_path):
+    from cnngraph.errors import InputError
+    from cnngraph.runtime.predictor import float16_model
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(bytes(range(256)))
+    with pytest.raises(InputError, match="junk.onnx: not an ONNX model file"):
+        float16_model(junk)
+
+
+def test_image_folder_bombs_and_damage_are_data_errors(tmp_path):
+    from cnngraph.data import load_data
+    from cnngraph.errors import DataError
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        Image.new("L", (8, 8), 9).save(tmp_path / label / "ok.png")
+    bomb = tmp_path / "a" / "bomb.png"
+    Image.new("1", (20_000, 20_000)).save(bomb)
+    with pytest.raises(DataError, match=r"bomb.png: image larger than the 67,108,864 pixels"):
+        load_data(tmp_path, (1, 8, 8))
+    bomb.write_bytes((tmp_path / "a" / "ok.png").read_bytes()[:40])
+    with pytest.raises(DataError, match=r"bomb.png: cannot read it as an image"):
+        load_data(tmp_path, (1, 8, 8))

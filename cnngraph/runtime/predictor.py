@@ -253,7 +253,10 @@ def float16_model(path: Path) -> Path:
     for folder in folders:
         if (folder / name).exists():
             return folder / name
-    model = to_float16(onnx.load(str(path)), inline=True)
+    from ..files import read_onnx
+    model = read_onnx(path)  # junk is one line here too
+    onnx.load_external_data_for_model(model, str(path.parent))
+    model = to_float16(model, inline=True)
     for folder in folders:
         tmp = folder / f".{name}.tmp"
         try:
