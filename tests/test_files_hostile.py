@@ -337,3 +337,102 @@ def test_image_folder_bombs_and_damage_are_data_errors(tmp_path):
     bomb.write_bytes((tmp_path / "a" / "ok.png").read_bytes()[:40])
     with pytest.raises(DataError, match=r"bomb.png: cannot read it as an image"):
         load_data(tmp_path, (1, 8, 8))
+
+
+# --- a seeded fuzzer over every reader ------------------------------------------------------
+def _seed_files() -> dict:
+    """format -> (valid bytes, suffix, reader): one small good file per format each reader
+    takes; the fuzzer damages them."""
+    import io
+
+    from onnx import TensorProto, helper
+    from safetensors.torch import save
+
+    from cnngraph.data.readers import read_cifar_batch, read_idx, read_npz
+    from cnngraph.files import read_image, read_onnx, read_weights
+    from cnngraph.runtime.inputs import _read_array
+
+    def saved(write) -> bytes:
+        buffer = io.BytesIO()
+        write(buffer)
+        return buffer.getvalue()
+
+    idx_file = idx(0x08, [2, 4, 4], bytes(range(32)))
+    pair = dict(x=np.arange(32, dtype=np.uint8).reshape(2, 4, 4), y=np.arange(2))
+    relu = helper.make_model(helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])]))
+    return {
+        "idx": (idx_file, ".idx", read_idx),
+        "idx.gz": (gzip.compress(idx_file), ".gz", read_idx),
+        "npz": (saved(lambda b: np.savez(b, **pair)), ".npz", lambda p: read_npz(p, 0.5)),
+        "npz-deflated": (saved(lambda b: np.savez_compressed(b, **pair)), ".npz",
+                         lambda p: _read_array(p, "x")),
+        "npy": (saved(lambda b: np.save(b, pair["x"])), ".npy", lambda p: _read_array(p, "x")),
+        "cifar": (pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1]},
+                               protocol=2), ".pkl", read_cifar_batch),
+        "png": (saved(lambda b: Image.new("RGBA", (9, 7), 5).save(b, "PNG")), ".png",
+                lambda p: read_image(p, "L", (4, 4))),
+        "jpeg": (saved(lambda b: Image.new("RGB", (9, 7), 5).save(b, "JPEG")), ".jpg",
+                 lambda p: read_image(p, "RGB", (4, 4))),
+        "safetensors": (save({"a": torch.ones(3)}), ".safetensors", read_weights),
+        "torch": (saved(lambda b: torch.save({"a": torch.ones(3)}, b)), ".pt", read_weights),
+        "onnx": (relu.SerializeToString(), ".onnx", read_onnx),
+    }
+
+
+def fuzz_files(folder, seed: int, per_format: int) -> tuple[int, list[str]]:
+    """Damage each seed file `per_format` times (cuts, flipped bytes, hostile int32s such as
+    -1, 2**31 - 1 and 65536, inserted bytes) and read it: (cases, escapes), an escape being
+    anything but one line of the project's own errors."""
+    import random
+    import warnings
+
+    from cnngraph.errors import CnnGraphError
+
+    rng, cases, escapes = random.Random(seed), 0, []
+    for name, (good, suffix, read) in _seed_files().items():
+        for _ in range(per_format):
+            data = bytearray(good)
+            for _ in range(rng.randint(1, 4)):
+                at, op = rng.randrange(len(data) + 1), rng.random()
+                if op < 0.3:
+                    del data[at:]
+                elif op < 0.7 and at < len(data):
+                    data[at] = rng.randrange(256)
+                elif op < 0.85:
+                    data[at:at + 4] = struct.pack(">i", rng.choice([-1, 2**31 - 1, 65536, 0, -2**31]))
+                else:
+                    data[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
+            path = folder / f"fuzz{suffix}"
+            path.write_bytes(bytes(data))
+            cases += 1
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    read(path)
+            except CnnGraphError as exc:
+                if "\n" in str(exc):
+                    escapes.append(f"{name}: multi-line {exc!r}")
+            except Exception as exc:  # noqa: BLE001 - what the test is looking for
+                escapes.append(f"{name} (seed {seed}): {type(exc).__name__}: {exc}")
+    return cases, escapes
+
+
+def test_seeded_file_fuzz_gives_only_one_line_errors(tmp_path):
+    cases, escapes = fuzz_files(tmp_path, seed=10, per_format=40)
+    assert cases == 440 and escapes == []
+
+
+if __name__ == "__main__":  # the longer run: python tests/test_files_hostile.py SEEDS PER_FORMAT
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    total, found = 0, []
+    with tempfile.TemporaryDirectory() as folder:
+        for seed in range(int(sys.argv[1])):
+            cases, escapes = fuzz_files(Path(folder), seed, int(sys.argv[2]))
+            total, found = total + cases, found + escapes
+    print(f"{total} damaged files, {len(found)} escapes", *found, sep="\n")
