@@ -350,7 +350,7 @@ def _seed_files() -> dict:
 
     from cnngraph.data.readers import read_cifar_batch, read_idx, read_npz
     from cnngraph.files import read_image, read_onnx, read_weights
-    from cnngraph.runtime.inputs import _read_array
+    from cnngraph.runtime.inputs import _read_array, _read_named
 
     def saved(write) -> bytes:
         buffer = io.BytesIO()
@@ -369,6 +369,8 @@ def _seed_files() -> dict:
         "npz": (saved(lambda b: np.savez(b, **pair)), ".npz", lambda p: read_npz(p, 0.5)),
         "npz-deflated": (saved(lambda b: np.savez_compressed(b, **pair)), ".npz",
                          lambda p: _read_array(p, "x")),
+        "npz-per-input": (saved(lambda b: np.savez(b, **pair)), ".npz",
+                          lambda p: _read_named(p, ["x", "y"], "x, y")),
         "npy": (saved(lambda b: np.save(b, pair["x"])), ".npy", lambda p: _read_array(p, "x")),
         "cifar": (pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1]},
                                protocol=2), ".pkl", read_cifar_batch),
@@ -422,7 +424,7 @@ def fuzz_files(folder, seed: int, per_format: int) -> tuple[int, list[str]]:
 
 def test_seeded_file_fuzz_gives_only_one_line_errors(tmp_path):
     cases, escapes = fuzz_files(tmp_path, seed=10, per_format=40)
-    assert cases == 440 and escapes == []
+    assert cases == 480 and escapes == []
 
 
 if __name__ == "__main__":  # the longer run: python tests/test_files_hostile.py SEEDS PER_FORMAT
