@@ -185,6 +185,8 @@ def read_image(path: Path, mode: str, size: tuple[int, int], error: type = Input
                     raise error(f"{path}: image of {im.width}x{im.height} pixels, larger than "
                                 f"the {MAX_PIXELS:,} pixels read (a decompression bomb?); "
                                 "scale it down first")
+                if getattr(im, "n_frames", 1) > 1:  # an animation or a multi-page TIFF
+                    notes.append(f"first of its {im.n_frames} frames")
                 if im.getexif().get(0x0112, 1) in range(2, 9):  # EXIF Orientation: not upright
                     im = ImageOps.exif_transpose(im)
                     notes.append("turned upright by its EXIF orientation")

@@ -153,14 +153,18 @@ def test_infer_says_what_it_converted(tiny, tmp_path, capsys, caplog):
     Image.new("L", (8, 8), 40).save(gray)
     deep = tmp_path / "deep.png"                     # 16-bit: Pillow's convert clips at 255
     Image.fromarray(np.full((8, 8), 40 * 257, np.uint16)).save(deep)
-    assert main(["infer", str(tiny), str(rgba), str(gray), str(deep), "--device", "cpu",
-                 "--json"]) == 0
+    frames = tmp_path / "frames.gif"
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(frames, save_all=True,
+                                             append_images=[Image.new("RGB", (8, 8), (200, 0, 0))])
+    assert main(["infer", str(tiny), str(rgba), str(gray), str(deep), str(frames), "--device",
+                 "cpu", "--json"]) == 0
     notes = [line for line in caplog.messages if line.startswith("note:")]
     assert notes == [f"note: {rgba}: RGBA -> RGB (alpha dropped)",
                      f"note: {rgba}: resized 100x80 -> 8x8 (aspect ratio changed)",
                      f"note: {gray}: L -> RGB (1 channel repeated to 3)",
                      f"note: {deep}: 16-bit -> 8-bit",
-                     f"note: {deep}: I;16 -> RGB (1 channel repeated to 3)"]
+                     f"note: {deep}: I;16 -> RGB (1 channel repeated to 3)",
+                     f"note: {frames}: first of its 2 frames"]
     result = json.loads(capsys.readouterr().out)
     assert result[1]["top_k"] == result[2]["top_k"]  # 40 * 257 in 16 bits is 40 in 8 bits
 
