@@ -326,6 +326,19 @@ def test_float16_copy_of_junk_is_the_same_one_line(tmp_path):
     junk.write_bytes(bytes(range(256)))
     with pytest.raises(InputError, match="junk.onnx: not an ONNX model file"):
         float16_model(junk)
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+        [numpy_helper.from_array(np.ones(4, np.float32), "w")])
+    split = tmp_path / "split.onnx"
+    onnx.save(helper.make_model(graph), str(split), save_as_external_data=True,
+              location="split.onnx.data", size_threshold=0)
+    (tmp_path / "split.onnx.data").unlink()   # the weights file left behind
+    with pytest.raises(InputError, match="split.onnx: its external weights cannot be read"):
+        float16_model(split)
 
 
 def test_image_folder_bombs_and_damage_are_data_errors(tmp_path):

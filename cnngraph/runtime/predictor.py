@@ -255,7 +255,12 @@ def float16_model(path: Path) -> Path:
             return folder / name
     from ..files import read_onnx
     model = read_onnx(path)  # junk is one line here too
-    onnx.load_external_data_for_model(model, str(path.parent))
+    try:
+        onnx.load_external_data_for_model(model, str(path.parent))
+    except Exception as exc:  # noqa: BLE001 - a missing or short external-data file
+        raise InputError(f"{path}: its external weights cannot be read ({type(exc).__name__}: "
+                         f"{str(exc).strip()[:160]}); keep the .onnx and its data file together"
+                         ) from None
     model = to_float16(model, inline=True)
     for folder in folders:
         tmp = folder / f".{name}.tmp"
