@@ -163,6 +163,27 @@ _ALPHA = {"RGBA", "LA", "PA", "RGBa", "La"}
 _GRAY = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 
 
+@contextmanager
+def _pillow_logs():
+    """The messages Pillow logs meanwhile (a damaged TIFF logs an error before it raises),
+    collected instead of printed as extra stderr lines."""
+    import logging
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    messages: list[str] = []
+    pil, handler = logging.getLogger("PIL"), Collect(logging.WARNING)
+    propagate, pil.propagate = pil.propagate, False
+    pil.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        pil.removeHandler(handler)
+        pil.propagate = propagate
+
+
 def read_image(path: Path, mode: str, size: tuple[int, int], error: type = InputError):
     """One image file -> (uint8 array (H, W) or (H, W, C), notes): decoded by Pillow, turned
     upright by its EXIF orientation, converted to `mode` ("L", "RGB" or "RGBA") and resized
@@ -177,8 +198,8 @@ def read_image(path: Path, mode: str, size: tuple[int, int], error: type = Input
     height, width = size
     notes = []
     try:
-        with warnings.catch_warnings(record=True) as caught:  # Pillow's warnings become notes
-            warnings.simplefilter("always")
+        with warnings.catch_warnings(record=True) as caught, _pillow_logs() as logged:
+            warnings.simplefilter("always")  # Pillow's warnings and logged errors become notes
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 if im.width * im.height > MAX_PIXELS:
@@ -211,7 +232,8 @@ def read_image(path: Path, mode: str, size: tuple[int, int], error: type = Input
                                     else ""))
                     im = im.resize((width, height), Image.Resampling.BILINEAR)
                 pixels = np.asarray(im, dtype=np.uint8)
-        notes += [f"Pillow: {str(w.message).strip().splitlines()[0]}" for w in caught if str(w.message).strip()]
+        said = [str(w.message) for w in caught] + logged
+        notes += [f"Pillow: {text.strip().splitlines()[0]}" for text in said if text.strip()]
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise error(f"{path}: image larger than the {MAX_PIXELS:,} pixels read (a "
                     "decompression bomb?); scale it down first") from None

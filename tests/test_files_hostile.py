@@ -455,3 +455,14 @@ if __name__ == "__main__":  # the longer run: python tests/test_files_hostile.py
             cases, escapes = fuzz_files(Path(folder), seed, int(sys.argv[2]))
             total, found = total + cases, found + escapes
     print(f"{total} damaged files, {len(found)} escapes", *found, sep="\n")
+
+
+def test_pillow_logging_an_error_adds_no_line(tiny, tmp_path, capsys, caplog):
+    tiff = tmp_path / "spp.tif"
+    Image.new("RGB", (8, 8)).save(tiff)
+    entry = b"\x15\x01\x03\x00\x01\x00\x00\x00\x03\x00"  # SamplesPerPixel, SHORT, 1: 3
+    assert tiff.read_bytes().count(entry) == 1
+    tiff.write_bytes(tiff.read_bytes().replace(entry, entry[:8] + b"\xfc\x00"))  # 252
+    assert f"{tiff}: cannot read it as an image" in one_line_error(
+        capsys, "infer", tiny, tiff, "--device", "cpu")
+    assert not [r for r in caplog.records if r.name.startswith("PIL")]  # Pillow logs an error
