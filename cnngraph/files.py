@@ -212,10 +212,11 @@ def read_image(path: Path, mode: str, size: tuple[int, int], error: type = Input
                     im = ImageOps.exif_transpose(im)
                     notes.append("turned upright by its EXIF orientation")
                 source = im.mode
-                if source.startswith("I"):  # 16-bit: Pillow's convert would clip at 255
-                    scaled = np.asarray(im, dtype=np.float64) / 257
-                    im = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
-                    notes.append("16-bit -> 8-bit")
+                if source.startswith("I") or source == "F":  # Pillow's convert clips at 255
+                    values = np.nan_to_num(np.asarray(im, dtype=np.float64))
+                    scale = 1 / 257 if source != "F" else 255 if values.max(initial=0) <= 1 else 1
+                    im = Image.fromarray(np.clip(np.rint(values * scale), 0, 255).astype(np.uint8), "L")
+                    notes.append(("16-bit" if source != "F" else "float") + " -> 8-bit")
                 has_alpha = source in _ALPHA or "transparency" in im.info
                 changes = [text for cond, text in (
                     (has_alpha and mode != "RGBA", "alpha dropped"),

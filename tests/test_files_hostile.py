@@ -153,10 +153,12 @@ def test_infer_says_what_it_converted(tiny, tmp_path, capsys, caplog):
     Image.new("L", (8, 8), 40).save(gray)
     deep = tmp_path / "deep.png"                     # 16-bit: Pillow's convert clips at 255
     Image.fromarray(np.full((8, 8), 40 * 257, np.uint16)).save(deep)
+    floats = tmp_path / "floats.tif"                 # floats in [0, 1]: 40/255 is 40
+    Image.fromarray(np.full((8, 8), 40 / 255, np.float32)).save(floats)
     frames = tmp_path / "frames.gif"
     Image.new("RGB", (8, 8), (9, 9, 9)).save(frames, save_all=True,
                                              append_images=[Image.new("RGB", (8, 8), (200, 0, 0))])
-    assert main(["infer", str(tiny), str(rgba), str(gray), str(deep), str(frames), "--device",
+    assert main(["infer", str(tiny), str(rgba), str(gray), str(deep), str(floats), str(frames), "--device",
                  "cpu", "--json"]) == 0
     notes = [line for line in caplog.messages if line.startswith("note:")]
     assert notes == [f"note: {rgba}: RGBA -> RGB (alpha dropped)",
@@ -164,9 +166,11 @@ def test_infer_says_what_it_converted(tiny, tmp_path, capsys, caplog):
                      f"note: {gray}: L -> RGB (1 channel repeated to 3)",
                      f"note: {deep}: 16-bit -> 8-bit",
                      f"note: {deep}: I;16 -> RGB (1 channel repeated to 3)",
+                     f"note: {floats}: float -> 8-bit",
+                     f"note: {floats}: F -> RGB (1 channel repeated to 3)",
                      f"note: {frames}: first of its 2 frames"]
     result = json.loads(capsys.readouterr().out)
-    assert result[1]["top_k"] == result[2]["top_k"]  # 40 * 257 in 16 bits is 40 in 8 bits
+    assert result[1]["top_k"] == result[2]["top_k"] == result[3]["top_k"]  # all 40 in 8 bits
 
 
 def test_infer_warns_about_an_inverted_digit(tiny, tmp_path, caplog):
