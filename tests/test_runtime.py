@@ -169,7 +169,7 @@ def test_bad_inputs_raise_one_clear_error(model, tmp_path):
     with pytest.raises(InputError, match="no such model file"):
         Predictor(tmp_path / "missing.onnx")
     (tmp_path / "junk.onnx").write_bytes(b"junk")
-    with pytest.raises(InputError, match="junk.onnx: not an ONNX model file"):
+    with pytest.raises(InputError, match="junk.onnx: not an ONNX model file"):  # as verify says
         Predictor(tmp_path / "junk.onnx", "cpu")
 
 

@@ -57,7 +57,8 @@ def top_k(probs: np.ndarray, k: int, classes) -> list[list[dict]]:
     k = min(k, probs.shape[1])
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     return [[{"index": int(i), "class": classes[i] if classes and i < len(classes) else str(int(i)),
-              "probability": float(row[i])} for i in idx] for row, idx in zip(probs, order)]
+              "probability": float(row[i]) if np.isfinite(row[i]) else None}  # JSON has no NaN
+             for i in idx] for row, idx in zip(probs, order)]
 
 
 def predict(predictor: Predictor, x: np.ndarray | dict[str, np.ndarray],
@@ -134,7 +135,9 @@ def run(args) -> int:
             print(json.dumps([{"input": name, "top_k": r} for name, r in zip(labels, ranked)], indent=1))
         else:
             for name, r in zip(labels, ranked):
-                print(f"{name}: " + ", ".join(f"{c['class']} {c['probability']:.3f}" for c in r))
+                print(f"{name}: " + ", ".join(f"{c['class']} " + ("nan" if c["probability"] is None
+                                                                  else f"{c['probability']:.3f}")
+                                              for c in r))
     if out_path:
         shapes = {n: list(o.shape) for n, o in zip(predictor.output_names, outputs)}
         if args.json and not classifier:
