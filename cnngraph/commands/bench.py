@@ -14,9 +14,6 @@ from pathlib import Path
 
 from . import about
 from ..errors import InputError
-from ..runtime.benchmark import busy_note, compare, table
-from ..runtime.predictor import SPEC_SUFFIXES
-from ..runtime.session import CUDA, resolve_device
 
 
 def register(subparsers) -> None:
@@ -80,6 +77,10 @@ def module_for_onnx(model: Path, graph, weights: Path):
 
 def run(args) -> int:
     import torch
+
+    from ..runtime.benchmark import busy_note, compare, table
+    from ..runtime.predictor import SPEC_SUFFIXES
+    from ..runtime.session import CUDA, resolve_device
     sizes = batch_sizes(args.batch_sizes)
     if not args.seconds > 0:
         raise InputError(f"--seconds must be greater than 0, not {args.seconds}")

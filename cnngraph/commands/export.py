@@ -5,8 +5,6 @@ import argparse
 import pickle
 from pathlib import Path
 
-import torch
-
 from ..errors import ExportError
 
 
@@ -52,6 +50,8 @@ def resolve(source: str, weights: Path | None, seed: int):
     """(graph, module) for a source: a run directory gives its spec and best weights (its last
     ones, said on stdout, before an epoch has finished); else the spec (file or zoo name) with
     `weights`, or a random initialisation seeded by `seed`."""
+    import torch
+
     import cnngraph
 
     run_dir = Path(source)
@@ -78,6 +78,8 @@ def resolve(source: str, weights: Path | None, seed: int):
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """A state_dict from safetensors or a torch file (loaded with weights_only: no code runs)."""
+    import torch
+
     if not path.is_file():
         raise ExportError(f"{path}: no such weights file")
     try:

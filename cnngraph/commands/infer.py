@@ -14,7 +14,6 @@ import numpy as np
 
 from . import about
 from ..errors import InputError
-from ..runtime import Predictor, load_inputs
 
 
 def register(subparsers) -> None:
@@ -87,6 +86,8 @@ def save_outputs(path: Path, names: list[str], outputs: list[np.ndarray]) -> Non
 
 
 def run(args) -> int:
+    from ..runtime import Predictor, load_inputs
+
     if args.batch_size < 1 or args.top_k < 1:
         raise InputError("--batch-size and --top-k must be at least 1")
     predictor = Predictor(args.model, args.device)
