@@ -160,10 +160,11 @@ class Conv2d(Op):
         return conv_window(node)
 
     def torch(self, node, ins):
+        from .modules import TableConv2d, make_conv2d
+
         c, h, w = ins[0][1:]
         pads = resolve_padding(node, (h, w))
         a = node.attrs
-        from .modules import TableConv2d, make_conv2d
         if a["table"] is None:
             return make_conv2d(c, node, pads)
         return TableConv2d(c, a["table"], a["kernel"], a["stride"], pads, a["dilation"],
@@ -243,6 +244,7 @@ class ConvTranspose2d(Op):
         from torch import nn
 
         from .modules import init_conv
+
         a = node.attrs
         return init_conv(nn.ConvTranspose2d(
             ins[0][1], a["out"], a["kernel"], a["stride"], a["padding"], a["output_padding"],
@@ -362,6 +364,7 @@ class GatedConv2d(Op):
 
     def torch(self, node, ins):
         from .modules import GatedConv, make_conv2d
+
         c, h, w = ins[0][1:]
         pads = resolve_padding(node, (h, w))
         return GatedConv(make_conv2d(c, node, pads), make_conv2d(c, node, pads))
