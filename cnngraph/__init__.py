@@ -23,5 +23,6 @@ def __getattr__(name: str):
         return build
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 __all__ = ["load", "build", "save_spec", "SpecBuilder", "layer", "Graph", "Node", "Output",
            "CnnGraphError", "SpecError", "InputError", "DataError", "ExportError", "__version__"]
