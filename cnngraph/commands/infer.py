@@ -16,7 +16,6 @@ import numpy as np
 from . import about
 from ..errors import InputError
 from ..files import atomic_write
-from ..runtime import Predictor, load_inputs, load_named_inputs
 
 log = logging.getLogger("cnngraph.runtime")
 
@@ -114,6 +113,8 @@ def _expected(predictor: Predictor, spec) -> tuple[int, ...] | None:
 
 
 def run(args) -> int:
+    from ..runtime import Predictor, load_inputs, load_named_inputs
+
     if args.batch_size < 1 or args.top_k < 1:
         raise InputError("--batch-size and --top-k must be at least 1")
     predictor = Predictor(args.model, args.device)
