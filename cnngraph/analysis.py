@@ -7,8 +7,9 @@ Every problem is a SpecError naming the file:line of the layer, its full path an
 from __future__ import annotations
 
 import heapq
+import math
 
-from . import ops
+from . import limits, ops
 from .errors import SpecError
 from .expand import suggest
 from .graph import Graph, Node
@@ -96,7 +97,9 @@ def topological(nodes: list[Node]) -> list[Node]:
         stuck = {name for name, count in waiting.items() if count}
         cycle = _cycle(stuck, {n.name: n for n in nodes})
         first = next(n for n in nodes if n.name == cycle[0])
-        raise error(first, f"cycle: {' -> '.join(cycle + cycle[:1])}: a layer cannot depend on "
+        shown = cycle + cycle[:1] if len(cycle) <= 12 else cycle[:10] + [
+            f"... ({len(cycle)} layers)", cycle[0]]
+        raise error(first, f"cycle: {' -> '.join(shown)}: a layer cannot depend on "
                            "its own output; fix the `inputs` of one of them")
     return order
 
@@ -104,14 +107,16 @@ def topological(nodes: list[Node]) -> list[Node]:
 def _cycle(stuck: set[str], nodes: dict[str, Node]) -> list[str]:
     """One cycle among the nodes that never became ready, in data-flow order, starting at its
     layer written first (walk inputs until a name repeats)."""
-    order = list(nodes)
+    order = {name: i for i, name in enumerate(nodes)}.__getitem__  # written position
     path: list[str] = []
-    name = min(stuck, key=order.index)
-    while name not in path:
+    seen: set[str] = set()
+    name = min(stuck, key=order)
+    while name not in seen:
         path.append(name)
+        seen.add(name)
         name = next(src for src in nodes[name].inputs if src in stuck)
     cycle = path[path.index(name):][::-1]
-    start = cycle.index(min(cycle, key=order.index))
+    start = cycle.index(min(cycle, key=order))
     return cycle[start:] + cycle[:start]
 
 
@@ -121,8 +126,11 @@ def annotate(graph: Graph) -> Graph:
         op = ops.REGISTRY[node.op]
         ins = [graph[src].shape for src in node.inputs]
         try:
-            node.shape = tuple(op.infer(node, ins))
+            node.shape = _bounded(tuple(op.infer(node, ins)))
             params, macs = op.params(node, ins), op.macs(node, ins, node.shape)
+            if params > limits.MAX_NUMEL:
+                raise ShapeError(f"{params:,} parameters, more than a layer may have "
+                                 f"({limits.MAX_NUMEL:,}): lower the sizes")
             window = op.window(node, ins)
         except ShapeError as exc:
             shapes = ", ".join(f"{src} {_fmt(graph[src].shape)}" for src in node.inputs)
@@ -132,12 +140,24 @@ def annotate(graph: Graph) -> Graph:
     return graph
 
 
+def _bounded(shape: tuple) -> tuple:
+    """`shape` if each size is at most MAX_DIM and one sample at most MAX_NUMEL elements."""
+    if any(d > limits.MAX_DIM for d in shape[1:]) or math.prod(shape[1:]) > limits.MAX_NUMEL:
+        raise ShapeError(f"output {_fmt(shape)} is too large (limits: {limits.MAX_DIM:,} per "
+                         f"dimension, {limits.MAX_NUMEL:,} elements per sample): lower the "
+                         "sizes")
+    return shape
+
+
 def _receptive_field(inputs: list[dict], window, ins) -> tuple[tuple, tuple]:
     """(field, jump) of a node: the largest of its inputs', grown by its window: an effective
     kernel k with stride s adds (k-1)*jump to the field and multiplies the jump by s; "global"
-    spreads the field over the whole input map."""
+    spreads the field over the whole input map. Both saturate at MAX_FIELD (a hundred strided
+    layers would otherwise make numbers too large for a float)."""
     if not inputs:
         return (1, 1), (1, 1)
+    if window is None and len(inputs) == 1:  # pointwise: passes through (the common case)
+        return inputs[0]["receptive_field"], inputs[0]["jump"]
     field = [max(s["receptive_field"][i] for s in inputs) for i in range(2)]
     jump = [max(s["jump"][i] for s in inputs) for i in range(2)]
     if window == "global":
@@ -152,7 +172,8 @@ def _receptive_field(inputs: list[dict], window, ins) -> tuple[tuple, tuple]:
 
 def _number(x):
     """Integral floats as ints (a transposed convolution's 1/s jumps are exact in binary only
-    for powers of two, hence the rounding)."""
+    for powers of two, hence the rounding), at most MAX_FIELD."""
+    x = min(x, limits.MAX_FIELD)
     return int(round(x)) if abs(x - round(x)) < 1e-9 else x
 
 

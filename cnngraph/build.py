@@ -19,6 +19,7 @@ import re
 import torch
 from torch import nn
 
+from . import init
 from .graph import Graph
 from .ops import REGISTRY, Call
 
@@ -85,7 +86,9 @@ def build(graph: Graph) -> GraphModule:
     cls = type(_class_name(graph.name), (GraphModule,),
                {**methods, "code": source, "__module__": __name__,
                 "__doc__": f"The network '{graph.name}', built by cnngraph.build."})
-    return cls(graph, modules)
+    module = cls(graph, modules)
+    init.apply(module, graph)
+    return module
 
 
 # Ops whose output is a fresh tensor that their backward does not read: a ReLU may overwrite it

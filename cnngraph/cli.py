@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import os
 import sys
 
@@ -18,6 +19,7 @@ COMMANDS = ["zoo", "show", "ops", "train", "export", "verify", "infer", "bench",
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cnngraph", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"cnngraph {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         try:
@@ -28,6 +30,15 @@ def make_parser() -> argparse.ArgumentParser:
             continue  # command not written yet
         module.register(sub)
     return parser
+
+
+def version() -> str:
+    """The installed package's version (its metadata: no import of the package's heavy parts)."""
+    try:
+        return importlib.metadata.version("cnngraph")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        from . import __version__
+        return __version__
 
 
 def main(argv: list[str] | None = None) -> int:

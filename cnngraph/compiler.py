@@ -3,11 +3,12 @@ it, checks it and infers shapes and statistics, giving a Graph; nothing touches 
 from __future__ import annotations
 
 import copy
+import gc
 import os
 from pathlib import Path
 from typing import Any
 
-from . import zoo
+from . import init, zoo
 from .analysis import analyse
 from .errors import InputError, SpecError
 from .expand import expand
@@ -42,9 +43,19 @@ def load(x: Any, *, variant: str | None = None, input_shape=None) -> Graph:
     `input_shape`: replaces the spec's input shape, with or without the batch ([3, 64, 64] or
     [1, 3, 64, 64]); for several inputs, a dict name -> shape.
     """
+    enabled = gc.isenabled()
+    gc.disable()  # the front end makes ~10 objects a layer and no garbage: spare the collector
+    try:
+        return _load(x, variant, input_shape)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _load(x: Any, variant: str | None, input_shape) -> Graph:
     source, zoo_variant = source_of(x)
-    if zoo_variant is not None and variant not in (None, zoo_variant) and variant in (
-            source.data.get("variants") or {}):  # an unknown one gets expand's suggestion
+    if (zoo_variant is not None and isinstance(variant, str) and variant != zoo_variant
+            and variant in (source.data.get("variants") or {})):  # an unknown one: expand says
         raise SpecError(f"the zoo name '{x}' already picks variant '{zoo_variant}', not "
                         f"'{variant}': load '{variant}' by name, or drop the variant (--variant)")
     variant = variant or zoo_variant
@@ -85,13 +96,31 @@ def _input_shapes(spec: Any, input_shape) -> dict[str, list[int]] | None:
             raise InputError(f"input shape {shape} does not fit the spec's input "
                              f"{declared[name]}: give {rank} positive sizes (or {rank + 1} with "
                              "the batch first)")
+        _check_channels(spec, name, shape, declared)
         shapes[name] = shape
     return shapes
 
 
+def _check_channels(spec: dict, name: str, shape: list[int], declared: dict) -> None:
+    """An input shape whose channels differ from the per-channel `meta.normalize` of a
+    one-input spec is refused here, naming the input shape (the spec itself is fine)."""
+    meta = spec.get("meta")
+    normalize = meta.get("normalize") if isinstance(meta, dict) else None
+    if len(declared) != 1 or not isinstance(normalize, dict) or len(shape) != 3:
+        return
+    counts = {len(v) for v in normalize.values() if isinstance(v, list) and len(v) > 1}
+    if len(counts) == 1 and shape[0] not in counts:
+        (n,) = counts
+        raise InputError(f"input shape {shape} has {shape[0]} channel(s), but the spec's "
+                         f"`meta.normalize` gives {n} values, one per channel of its input "
+                         f"{declared[name]}: keep {n} channels (e.g. {[n, *shape[1:]]}), or "
+                         "use a spec made for this input")
+
+
 def check_meta(graph: Graph, source: Source) -> None:
     """`meta` is a mapping; its `normalize` has one mean and one positive std per input channel
-    (or one for all), and its `classes` name each column of a (N, F) main output."""
+    (or one for all), its `init` rules are known (cnngraph/init.py), and its `classes` name each
+    column of a (N, F) main output."""
     spec = source.data
     meta = spec.get("meta")
     if meta is None:
@@ -105,18 +134,27 @@ def check_meta(graph: Graph, source: Source) -> None:
                    "normalize: {mean: [...], std: [...]}}`")
     if "normalize" in meta:
         normalize = meta["normalize"]
-        if not isinstance(normalize, dict) or set(normalize) != {"mean", "std"}:
-            raise fail(f"`meta.normalize` must be {{mean: [...], std: [...]}}, got {normalize!r}",
-                       meta, "normalize")
-        channels = graph.inputs[0].shape[1]
-        for key, values in normalize.items():
-            if (not isinstance(values, list) or len(values) not in (1, channels) or not all(
-                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
-                raise fail(f"`meta.normalize.{key}` must be a list of numbers, one per input "
-                           f"channel ({channels}) or one for all, got {values!r}", normalize, key)
-            if key == "std" and not all(v > 0 for v in values):
-                raise fail(f"`meta.normalize.std` must be > 0 (inputs are divided by it), got "
-                           f"{values!r}", normalize, key)
+        channels = {n.name: n.shape[1] for n in graph.inputs}
+        if isinstance(normalize, dict) and normalize and all(
+                isinstance(v, dict) for v in normalize.values()):  # per input
+            for name, entry in normalize.items():
+                if name not in channels:
+                    raise fail(f"`meta.normalize` names {name!r}, which is not an input; the "
+                               f"inputs are {', '.join(channels)}", normalize, name)
+                _check_normalize(entry, channels[name], f"meta.normalize.{name}",
+                                 lambda message, key, m=entry: fail(message, m, key))
+        elif len(channels) > 1:
+            raise fail(f"`meta.normalize` must give each input its own: {{{next(iter(channels))}: "
+                       f"{{mean: [...], std: [...]}}, ...}} (the inputs are "
+                       f"{', '.join(channels)}), got {normalize!r}", meta, "normalize")
+        else:
+            if not isinstance(normalize, dict) or set(normalize) != {"mean", "std"}:
+                raise fail(f"`meta.normalize` must be {{mean: [...], std: [...]}}, got "
+                           f"{normalize!r}", meta, "normalize")
+            _check_normalize(normalize, next(iter(channels.values())), "meta.normalize",
+                             lambda message, key: fail(message, normalize, key))
+    if "init" in meta:
+        init.check(meta, graph, fail)
     if "classes" in meta:
         classes = meta["classes"]
         if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
@@ -127,6 +165,19 @@ def check_meta(graph: Graph, source: Source) -> None:
             main = graph.active_outputs(False)[0].name
             raise fail(f"`meta.classes` has {len(classes)} names but the output '{main}' has "
                        f"{width} classes: give {width} names", meta, "classes")
+
+
+def _check_normalize(entry: dict, channels: int, where: str, fail) -> None:
+    """`entry` is {mean: [...], std: [...]}: one number per channel (or one for all), std > 0."""
+    if set(entry) != {"mean", "std"}:
+        raise fail(f"`{where}` must be {{mean: [...], std: [...]}}, got {entry!r}", None)
+    for key, values in entry.items():
+        if (not isinstance(values, list) or len(values) not in (1, channels) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
+            raise fail(f"`{where}.{key}` must be a list of numbers, one per input channel "
+                       f"({channels}) or one for all, got {values!r}", key)
+        if key == "std" and not all(v > 0 for v in values):
+            raise fail(f"`{where}.std` must be > 0 (inputs are divided by it), got {values!r}", key)
 
 
 def _chosen_spec(spec: dict, variant: str | None, shapes: dict | None) -> dict:

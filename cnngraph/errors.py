@@ -17,7 +17,14 @@ class SpecError(CnnGraphError, ValueError):
             where = file + (f":{line}" if line else "") + ": "
         if path:
             where += f"layer '{path}': "
-        super().__init__(where + message)
+        super().__init__(one_line(where + message))
+
+
+def one_line(text: str) -> str:
+    """`text` with newlines and other unprintable characters escaped (as repr writes them), so
+    that a message naming a hostile value still prints as one line."""
+    return text if text.isprintable() else "".join(
+        c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class DataError(CnnGraphError, ValueError):

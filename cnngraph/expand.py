@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 from difflib import get_close_matches
 from typing import Any
 
+from . import limits
 from .errors import SpecError
 from .expr import ExprError, resolve
 from .graph import Node, Output
-from .spec import Source
+from .limits import MAX_LAYERS
+from .spec import Source, check_data
 
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 TOP_KEYS = ("name", "doc", "input", "inputs", "params", "variants", "variant", "meta", "blocks",
@@ -29,7 +31,6 @@ LAYER_KEYS = ("name", "op", "block", "inputs", "args", "repeat", "first", "when"
 OUTPUT_KEYS = ("name", "from", "phase", "loss_weight")
 PHASES = ("both", "train", "inference")
 REQUIRED = "required"  # a block parameter without default
-MAX_LAYERS = 100_000  # layers (copies included) one spec may expand to: guards `repeat: 10**9`
 
 
 def suggest(name: str, known) -> str:
@@ -96,8 +97,16 @@ class Expander:
         except ExprError as exc:
             raise self.error(f"{key}: {exc}", mapping, path, key) from None
 
+    def name(self, value: Any, what: str, mapping: Any, path: str | None, key: str) -> str:
+        """`value` when it is a name ([A-Za-z_][A-Za-z0-9_]*); a SpecError naming `what`."""
+        if not isinstance(value, str) or not NAME.fullmatch(value):
+            raise self.error(f"{what} {limits.describe(value)} is not a name: write one "
+                             "matching [A-Za-z_][A-Za-z0-9_]*", mapping, path, key)
+        return value
+
     # --- the whole spec ----------------------------------------------------------------------
     def run(self, variant: str | None, input_shapes: dict[str, list[int]] | None) -> Expanded:
+        check_data(self.source)
         spec = self.source.data
         if not isinstance(spec, dict):
             raise self.error("a spec is a mapping with at least `name`, `input` and `layers`")
@@ -112,6 +121,8 @@ class Expander:
             raise self.error(f"`name` must be a non-empty string, got {name!r}: write e.g. "
                              "`name: mynet`", spec, key="name")
         variant = variant or spec.get("variant")
+        if variant is not None:
+            variant = self.name(variant, "variant", spec, None, "variant")
         env = self.params(spec, variant)
         blocks = spec.get("blocks") or {}
         if not isinstance(blocks, dict):
@@ -213,7 +224,11 @@ class Expander:
                                  f"got {weight!r}", mapping, key="loss_weight")
             if any(o.name == entry["name"] for o in outputs):
                 raise self.error(f"duplicate output name '{entry['name']}': rename one", mapping)
-            node = self.resolve(Alias(top, entry.get("from", entry["name"]), mapping, None))
+            source = entry.get("from", entry["name"])
+            if not isinstance(source, str):
+                raise self.error(f"output '{entry['name']}': `from` must be a layer name, got "
+                                 f"{limits.describe(source)}", mapping, key="from")
+            node = self.resolve(Alias(top, source, mapping, None))
             outputs.append(Output(entry["name"], node, phase, float(weight)))
         for training, mode in ((False, "inference"), (True, "training")):
             if not any(o.active(training) for o in outputs):
@@ -243,10 +258,8 @@ class Expander:
         if "name" not in layer:
             raise self.error("layer without `name`: add `name: ...` (unique in its list)", layer,
                              scope.prefix.rstrip(".") or None)
-        name = self.value(layer["name"], env, layer, None, "name")
-        if not isinstance(name, str) or not NAME.fullmatch(name):
-            raise self.error(f"layer name {name!r} is not an identifier "
-                             "([A-Za-z_][A-Za-z0-9_]*)", layer, key="name")
+        name = self.name(self.value(layer["name"], env, layer, None, "name"), "layer name",
+                         layer, None, "name")
         path = scope.prefix + name
         if name in scope.symbols:
             raise self.error(f"duplicate name '{name}': every layer in a list needs its own name "
@@ -266,6 +279,7 @@ class Expander:
             raise self.error(f"repeat must be a non-negative integer, got {count!r}",
                              layer, path, "repeat")
         before = self.expanded
+        self.check_size(before + count, layer, path)  # each copy is at least one layer
         for i in range(count):
             if i == 1:  # one copy made: its size times `repeat` must fit before making the rest
                 self.check_size(before + (self.expanded - before) * count, layer, path)
@@ -331,7 +345,8 @@ class Expander:
                                  f"`args: {{{extra[0]}: ...}}`", layer, path, extra[0])
             args = self.value(layer.get("args", {}), env, layer, path, "args")
             args.update(self.value(first, env, layer, path, "first"))
-            block = self.value(layer["block"], env, layer, path, "block")
+            block = self.name(self.value(layer["block"], env, layer, path, "block"), "block",
+                              layer, path, "block")
             scope.symbols[name] = self.block(block, args, refs, layer, path)
 
     # --- blocks ------------------------------------------------------------------------------
@@ -341,6 +356,10 @@ class Expander:
             known = ", ".join(self.blocks) or "none (add a `blocks:` section)"
             raise self.error(f"unknown block '{name}'{suggest(str(name), self.blocks)}: the "
                              f"blocks of this spec are {known}", layer, path, "block")
+        if len(self.stack) >= limits.MAX_BLOCK_DEPTH:
+            raise self.error(f"blocks nested more than {limits.MAX_BLOCK_DEPTH} deep (through "
+                             f"{' -> '.join(self.stack[:3])} ...): flatten some blocks", layer,
+                             path, "block")
         if name in self.stack:
             raise self.error(f"block '{name}' instantiates itself (through "
                              f"{' -> '.join(self.stack)}): a block cannot contain itself",
@@ -354,6 +373,11 @@ class Expander:
                 raise self.error(f"block '{name}': unknown key '{key}'"
                                  f"{suggest(str(key), BLOCK_KEYS)}", block, key=key)
         params = block.get("params") or {}
+        if not isinstance(params, dict):
+            raise self.error(f"block '{name}': `params` must map parameter names to defaults",
+                             block, key="params")
+        if not isinstance(args, dict):
+            raise self.error("`args` must map block parameters to values", layer, path, "args")
         for arg in args:
             if arg not in params:
                 known = ", ".join(params) or "none"
@@ -383,8 +407,9 @@ class Expander:
         last = self.layers(block.get("layers"), scope, env, formal[0], block)
         self.stack.pop()
         output = block.get("output", last)
-        if output not in scope.symbols:
-            raise self.error(f"block '{name}': output '{output}' is not one of its layers"
+        if not isinstance(output, str) or output not in scope.symbols:
+            raise self.error(f"block '{name}': output {limits.describe(output)} is not one of its "
+                             "layers"
                              f"{suggest(str(output), scope.symbols)}", block, key="output")
         return Alias(scope, output, block, path)
 

@@ -12,6 +12,9 @@ import operator
 import re
 from typing import Any, Mapping
 
+from . import limits
+from .limits import MAX_EXPONENT, MAX_ITEMS
+
 NAME = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 TEMPLATE = re.compile(r"\$\{(.*?)\}")
 
@@ -23,7 +26,6 @@ UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Not: operator.not_}
 COMPARE = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
            ast.Gt: operator.gt, ast.GtE: operator.ge, ast.In: lambda a, b: a in b,
            ast.NotIn: lambda a, b: a not in b}
-MAX_SIZE = 100_000  # longest list or string an expression may build (guards `"x" * 10**9`)
 
 
 class ExprError(ValueError):
@@ -63,27 +65,65 @@ def lookup(name: str, env: Mapping[str, Any]) -> Any:
 
     near = get_close_matches(name, list(env), n=1)
     hint = f"did you mean '{near[0]}'?" if near else "declare it under `params`"
-    known = ", ".join(sorted(env)) or "none"
+    names = sorted(env)
+    known = ", ".join(names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "") \
+        if names else "none"
     raise ExprError(f"unknown parameter '{name}': {hint} (parameters here: {known})")
 
 
 def evaluate(source: str, env: Mapping[str, Any]) -> Any:
-    """The value of one expression (the text inside `${...}`)."""
+    """The value of one expression (the text inside `${...}`). Its length, the depth of its
+    syntax tree and every intermediate value are bounded (see `limits`), so no expression can
+    recurse, hang or build a huge number."""
+    shown = source if len(source) <= 60 else source[:57] + "..."
+    if len(source) > limits.MAX_EXPR_CHARS:
+        raise ExprError(f"expression of {len(source):,} characters, more than "
+                        f"{limits.MAX_EXPR_CHARS:,}: split it over parameters")
     try:
         tree = ast.parse(source.strip(), mode="eval")
     except SyntaxError as exc:
-        raise ExprError(f"bad expression '${{{source}}}': {exc.msg}: write a complete "
+        raise ExprError(f"bad expression '${{{shown}}}': {exc.msg}: write a complete "
                         "expression, e.g. ${width * 2} or ${width // 2}") from None
+    except (RecursionError, MemoryError):
+        raise ExprError(f"expression '${{{shown}}}' is nested too deep: split it over "
+                        "parameters") from None
+    if _depth(tree) > limits.MAX_EXPR_DEPTH:
+        raise ExprError(f"expression '${{{shown}}}' is nested more than "
+                        f"{limits.MAX_EXPR_DEPTH} levels deep (e.g. a long chain of + or "
+                        "parentheses): split it over parameters")
     try:
         return _eval(tree.body, env)
+    except limits.LimitError as exc:
+        raise ExprError(f"bad expression '${{{shown}}}': {exc}: keep values within range") \
+            from None
     except ExprError as exc:
-        raise ExprError(f"bad expression '${{{source}}}': {exc}") from None
+        raise ExprError(f"bad expression '${{{shown}}}': {exc}") from None
     except ZeroDivisionError:
-        raise ExprError(f"bad expression '${{{source}}}': division by zero: make the divisor "
+        raise ExprError(f"bad expression '${{{shown}}}': division by zero: make the divisor "
                         "non-zero (e.g. max(d, 1))") from None
     except (TypeError, ValueError, IndexError, KeyError, OverflowError) as exc:
-        raise ExprError(f"bad expression '${{{source}}}': {type(exc).__name__}: {exc}: check "
+        raise ExprError(f"bad expression '${{{shown}}}': {type(exc).__name__}: {exc}: check "
                         "the values and types of its parameters") from None
+
+
+def _depth(tree: ast.AST) -> int:
+    """Depth of a syntax tree, walked without recursion."""
+    deepest, stack = 0, [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+    return deepest
+
+
+def _checked(value: Any) -> Any:
+    """An intermediate value, refused when out of range: ints within ±2**63-1, finite floats,
+    strings and lists of at most MAX_ITEMS."""
+    if isinstance(value, (str, list)) and len(value) > MAX_ITEMS:
+        raise ExprError(f"result longer than {MAX_ITEMS:,}")
+    if isinstance(value, complex):
+        raise ExprError("the result is not a real number")
+    return limits.number(value)
 
 
 def _repetition(left: Any, right: Any) -> int:
@@ -97,20 +137,21 @@ def _repetition(left: Any, right: Any) -> int:
 def _eval(node: ast.AST, env: Mapping[str, Any]) -> Any:
     if isinstance(node, ast.Constant) and isinstance(node.value, (int, float, str, bool,
                                                                   type(None))):
-        return node.value
+        return _checked(node.value)
     if isinstance(node, ast.Name):
         return lookup(node.id, env)
     if isinstance(node, (ast.List, ast.Tuple)):
         return [_eval(e, env) for e in node.elts]
     if isinstance(node, ast.BinOp) and type(node.op) in BINARY:
         left, right = _eval(node.left, env), _eval(node.right, env)
-        if isinstance(node.op, ast.Pow) and isinstance(right, (int, float)) and abs(right) > 64:
-            raise ExprError("exponent above 64")
-        if isinstance(node.op, ast.Mult) and _repetition(left, right) > MAX_SIZE:
-            raise ExprError(f"result longer than {MAX_SIZE}")
-        return BINARY[type(node.op)](left, right)
+        if (isinstance(node.op, ast.Pow) and isinstance(right, (int, float))
+                and abs(right) > MAX_EXPONENT):
+            raise ExprError(f"exponent above {MAX_EXPONENT}")
+        if isinstance(node.op, ast.Mult) and _repetition(left, right) > MAX_ITEMS:
+            raise ExprError(f"result longer than {MAX_ITEMS:,}")
+        return _checked(BINARY[type(node.op)](left, right))
     if isinstance(node, ast.UnaryOp) and type(node.op) in UNARY:
-        return UNARY[type(node.op)](_eval(node.operand, env))
+        return _checked(UNARY[type(node.op)](_eval(node.operand, env)))
     if isinstance(node, ast.BoolOp):
         value = _eval(node.values[0], env)
         for operand in node.values[1:]:
@@ -137,6 +178,6 @@ def _eval(node: ast.AST, env: Mapping[str, Any]) -> Any:
         return target[_eval(node.slice, env)]
     if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
             and node.func.id in FUNCTIONS and not node.keywords):
-        return FUNCTIONS[node.func.id](*(_eval(a, env) for a in node.args))
+        return _checked(FUNCTIONS[node.func.id](*(_eval(a, env) for a in node.args)))
     raise ExprError(f"'{ast.unparse(node)}' is not allowed (numbers, strings, lists, parameters, arithmetic, "
                     "comparisons, and/or/not, a if c else b, x[i], min max int len)")

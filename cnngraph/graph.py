@@ -10,6 +10,8 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+from .errors import InputError
+
 Shape = tuple  # ("N", C, H, W) or ("N", F): dim 0 is the symbolic batch
 BATCH = "N"
 
@@ -66,10 +68,30 @@ class Graph:
         return [n for n in self if n.op == "input"]
 
     @property
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every input's shape without the batch, by name, in the spec's order."""
+        return {n.name: tuple(n.shape[1:]) for n in self.inputs}
+
+    @property
     def input_shape(self) -> tuple[int, ...]:
-        """The (only) input's shape without the batch, e.g. (3, 224, 224)."""
-        (node,) = self.inputs
-        return tuple(node.shape[1:])
+        """The only input's shape without the batch, e.g. (3, 224, 224); an InputError naming
+        the inputs for a network with several (use `input_shapes` there)."""
+        shapes = self.input_shapes
+        if len(shapes) != 1:
+            listed = ", ".join(f"{k} {list(v)}" for k, v in shapes.items())
+            raise InputError(f"'{self.name}' has {len(shapes)} inputs ({listed}); this needs a "
+                             "single-input network")
+        return next(iter(shapes.values()))
+
+    def normalization(self, name: str) -> dict[str, list[float]] | None:
+        """The `meta.normalize` {mean, std} of input `name`, or None. `meta.normalize` is
+        {mean, std} (for a single input) or {input name: {mean, std}} (docs/SPEC.md)."""
+        norm = self.meta.get("normalize")
+        if not norm:
+            return None
+        if set(norm) == {"mean", "std"} and not any(isinstance(v, dict) for v in norm.values()):
+            return norm if len(self.inputs) == 1 else None
+        return norm.get(name)
 
     def active_outputs(self, training: bool) -> list[Output]:
         return [o for o in self.outputs if o.active(training)]

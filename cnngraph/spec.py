@@ -10,14 +10,15 @@ from __future__ import annotations
 import copy
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from . import limits
 from .errors import SpecError
+from .files import atomic_write
 
 SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -38,14 +39,49 @@ class Source:
         return entry[1].get(key, entry[0]) if key is not None else entry[0]
 
 
-class _LineLoader(yaml.SafeLoader):
-    """A SafeLoader that records the line of each mapping and of each of its keys, and refuses
-    duplicate keys (plain YAML would silently keep the last one)."""
+try:  # libyaml scans and parses (fast); the Python composer above it bounds the nesting
+    from yaml.cyaml import CParser
 
-    def __init__(self, stream):
-        super().__init__(stream)
+    _PARSERS: tuple = (CParser,)
+except ImportError:  # pragma: no cover - PyYAML without libyaml
+    _PARSERS = (yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser)
+
+
+class _LineLoader(yaml.composer.Composer, *_PARSERS, yaml.constructor.SafeConstructor,
+                  yaml.resolver.Resolver):
+    """A safe loader that records the line of each mapping and of each of its keys, refuses
+    duplicate and non-string keys (plain YAML would silently keep the last one), nesting deeper
+    than `limits.MAX_DEPTH` (before recursing: libyaml's own composer has no bound) and integer
+    literals too long to be in range."""
+
+    def __init__(self, stream, file: str | None = None):
+        for parser in _PARSERS:
+            parser.__init__(self, stream)
+        yaml.composer.Composer.__init__(self)
+        yaml.constructor.SafeConstructor.__init__(self)
+        yaml.resolver.Resolver.__init__(self)
         self.lines: dict[int, tuple[int, dict[str, int]]] = {}
-        self.file: str | None = None
+        self.file = file
+        self.depth = 0
+
+    def error(self, message: str, node) -> SpecError:
+        return SpecError(message, file=self.file, line=node.start_mark.line + 1)
+
+    def compose_node(self, parent, index):
+        nests = self.check_event(yaml.SequenceStartEvent, yaml.MappingStartEvent)
+        if nests and self.depth == limits.MAX_DEPTH:
+            raise self.error(f"nested more than {limits.MAX_DEPTH} levels deep: flatten the "
+                             "spec", self.peek_event())
+        self.depth += nests
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= nests
+
+    def construct_yaml_int(self, node):
+        if len(node.value) > 40:  # int() of a long literal is slow, and past 4,300 digits refused
+            raise self.error(f"integer {node.value[:20]}... out of range (limit: ±2**63-1)", node)
+        return super().construct_yaml_int(node)
 
     def construct_yaml_map(self, node):
         data: dict = {}
@@ -54,22 +90,27 @@ class _LineLoader(yaml.SafeLoader):
         keys: dict[str, int] = {}
         for key_node, _ in node.value:
             key = self.construct_object(key_node)
+            if not isinstance(key, str):
+                what = {list: "a list", dict: "a mapping"}.get(type(key)) or limits.describe(key)
+                raise self.error(f"key {what} is not a string: keys are names "
+                                 "(quote it; YAML reads yes/no/on/off/null and numbers as "
+                                 "other types)", key_node)
             if key in keys:
-                raise SpecError(f"duplicate key '{key}' (first on line {keys[key]}): "
-                                "remove one of them", file=self.file,
-                                line=key_node.start_mark.line + 1)
+                raise self.error(f"duplicate key '{key}' (first on line {keys[key]}): remove "
+                                 "one of them", key_node)
             keys[key] = key_node.start_mark.line + 1
         data.update(self.construct_mapping(node))
         self.lines[id(data)] = (node.start_mark.line + 1, keys)
 
 
 _LineLoader.add_constructor("tag:yaml.org,2002:map", _LineLoader.construct_yaml_map)
+_LineLoader.add_constructor("tag:yaml.org,2002:int", _LineLoader.construct_yaml_int)
 
 
 def parse_yaml(text: str, file: str | None = None) -> Source:
-    loader = _LineLoader(text)
-    loader.file = file
+    loader = None
     try:
+        loader = _LineLoader(text, file)  # the Python reader checks the characters here
         data = loader.get_single_data()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -79,11 +120,69 @@ def parse_yaml(text: str, file: str | None = None) -> Source:
         raise SpecError(f"YAML syntax error: {exc.problem}{context}: fix the syntax here "
                         "(check indentation, colons, quotes and brackets)", file=file,
                         line=mark.line + 1 if mark else None) from None
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1 if isinstance(exc.position, int) else None
+        raise SpecError(f"character {chr(exc.character)!r} is not allowed in YAML: remove it "
+                        "(control characters and NUL are refused)", file=file, line=line) from None
     except yaml.YAMLError as exc:
         raise SpecError(f"YAML error: {exc}", file=file) from None
+    except RecursionError:  # a guard: the composer bounds the nesting
+        raise SpecError("nested too deep: flatten the spec", file=file) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return Source(data, file, loader.lines)
+
+
+def check_data(source: Source) -> None:
+    """Bounds a spec as data before anything reads it: nesting depth, number of keys and values
+    (a YAML alias counts as the copy it stands for, memoised per object, so an alias bomb fails
+    at once instead of expanding), numbers in range, string keys, plain values, no cycles."""
+    counted: dict[int, int] = {}  # id(container) -> keys and values under it
+    open_: set[int] = set()  # containers being walked: one met again is a cycle
+
+    def fail(message: str, where: str, mapping: Any, key: Any) -> SpecError:
+        return SpecError(f"`{where}`: {message}" if where else message, file=source.file,
+                         line=source.line(mapping, key) if isinstance(key, str) else
+                         source.line(mapping))
+
+    def walk(value: Any, where: str, depth: int, mapping: Any, key: Any) -> int:
+        if isinstance(value, (list, tuple, dict)):
+            if id(value) in counted:
+                return counted[id(value)]
+            if id(value) in open_:
+                raise fail("contains itself (a YAML alias inside its own anchor): write the "
+                           "value out", where, mapping, key)
+            if depth >= limits.MAX_DEPTH:
+                raise fail(f"nested more than {limits.MAX_DEPTH} levels deep: flatten the spec",
+                           where, mapping, key)
+            open_.add(id(value))
+            if isinstance(value, dict):
+                count = len(value)
+                for k, v in value.items():
+                    if not isinstance(k, str):
+                        raise fail(f"key {limits.describe(k)} is not a string: keys are names",
+                                   where, value, None)
+                    count += walk(v, f"{where}.{k}" if where else k, depth + 1, value, k)
+            else:
+                count = sum(walk(v, f"{where}[{i}]", depth + 1, mapping, key)
+                            for i, v in enumerate(value))
+            open_.discard(id(value))
+            if count > limits.MAX_SCALARS:
+                raise fail(f"holds more than {limits.MAX_SCALARS:,} keys and values (YAML "
+                           "aliases counted as copies): is this a spec?", where, mapping, key)
+            counted[id(value)] = count
+            return count
+        if value is not None and not isinstance(value, (str, int, float)):
+            raise fail(f"{limits.describe(value)} is not a spec value: use a string (quote it), "
+                       "a number, true/false, null, a list or a mapping", where, mapping, key)
+        try:
+            limits.number(value)
+        except limits.LimitError as exc:
+            raise fail(f"{exc}", where, mapping, key) from None
+        return 1
+
+    walk(source.data, "", 0, None, None)
 
 
 class _DuplicateKey(ValueError):
@@ -108,6 +207,12 @@ def parse_json(text: str, file: str | None = None) -> Source:
                         "this line", file=file, line=exc.lineno) from None
     except _DuplicateKey as exc:
         raise SpecError(f"duplicate key '{exc.args[0]}': remove one of them", file=file) from None
+    except RecursionError:
+        raise SpecError(f"nested too deep (limit: {limits.MAX_DEPTH} levels): flatten the spec",
+                        file=file) from None
+    except ValueError as exc:  # an integer literal past Python's 4,300 digits
+        raise SpecError(f"JSON value out of range ({exc}): numbers must be within ±2**63-1",
+                        file=file) from None
     try:
         located = parse_yaml(text, file)
     except SpecError:
@@ -122,7 +227,14 @@ def read(path: str | os.PathLike) -> Source:
         raise SpecError(f"{path}: not a spec file: use a .yaml, .yml or .json file, or a zoo name "
                         "(`cnngraph zoo` lists them)")
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:  # at most the limit and one byte: a device never ends
+            data = f.read(limits.MAX_FILE_BYTES + 1)
+        if len(data) > limits.MAX_FILE_BYTES:
+            raise SpecError(f"{path}: larger than {limits.MAX_FILE_BYTES:,} bytes, the most a "
+                            "spec may have: is this a spec file?")
+        text = data.decode("utf-8")
+        if "\r" in text:  # as read_text would give it (universal newlines)
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
     except FileNotFoundError:
         raise SpecError(f"{path}: no such file: check the path, or use a zoo name "
                         "(`cnngraph zoo` lists them)") from None
@@ -142,14 +254,7 @@ def save_spec(spec: dict, path: str | os.PathLike) -> Path:
         text = json.dumps(plain, indent=2) + "\n"
     else:
         text = yaml.safe_dump(plain, sort_keys=False, allow_unicode=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(path, text.encode("utf-8"))
     return path
 
 

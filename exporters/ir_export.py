@@ -162,14 +162,25 @@ def to_onnx(graph: Graph, state: dict[str, np.ndarray], *, opset: int, batch: in
 
 
 def metadata(graph: Graph) -> dict[str, str]:
-    """The `cnngraph.*` keys the runtime reads (docs/export.md lists them)."""
+    """The `cnngraph.*` keys the runtime reads (docs/export.md lists them): `cnngraph.inputs`
+    describes every input; a single-input model also keeps the older `input_shape` and
+    `normalize` keys, which runtimes before `cnngraph.inputs` read."""
+    inputs = []
+    for name, shape in graph.input_shapes.items():
+        entry = {"name": name, "shape": list(shape)}
+        norm = graph.normalization(name)
+        if norm:
+            entry.update(mean=list(norm["mean"]), std=list(norm["std"]))
+        inputs.append(entry)
     props = {"cnngraph.spec": json.dumps(graph.spec, default=list),
              "cnngraph.version": _version(),
              "cnngraph.input_layout": "NCHW",
-             "cnngraph.input_shape": json.dumps(list(graph.input_shape))}
-    norm = graph.meta.get("normalize")
-    if norm:
-        props["cnngraph.normalize"] = json.dumps({"mean": list(norm["mean"]), "std": list(norm["std"])})
+             "cnngraph.inputs": json.dumps(inputs)}
+    if len(inputs) == 1:
+        (only,) = inputs
+        props["cnngraph.input_shape"] = json.dumps(only["shape"])
+        if "mean" in only:
+            props["cnngraph.normalize"] = json.dumps({"mean": only["mean"], "std": only["std"]})
     if graph.meta.get("classes"):
         props["cnngraph.classes"] = json.dumps(list(graph.meta["classes"]))
     return props

@@ -218,3 +218,78 @@ def test_a_layer_named_like_a_module_attribute_is_refused():
               [Output("forward", "forward")])
     with pytest.raises(ValueError, match="layer 'forward': the name 'forward' is taken"):
         build(g)
+
+
+# --- meta.init: each family initialised as its reference (torchvision) does ----------------------
+def _conv_weight_std_over_kaiming(module, mode: str) -> float:
+    """The std of every conv weight divided by its Kaiming std sqrt(2 / fan), pooled: 1 when
+    each layer was drawn from normal(0, sqrt(2 / fan)) with the fan `mode` counts."""
+    scaled = []
+    for m in module.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            out_c, in_c, kh, kw = m.weight.shape
+            fan = (in_c if mode == "fan_in" else out_c) * kh * kw
+            scaled.append(m.weight.detach().flatten() / (2.0 / fan) ** 0.5)
+    return float(torch.cat(scaled).std())
+
+
+def test_densenet_starts_as_torchvision_does_with_bounded_eval_logits():
+    torch.manual_seed(0)
+    graph = cnngraph.load("densenet121", input_shape=[3, 64, 64])
+    module = build(graph).eval()
+    with torch.no_grad():
+        logits = module(torch.randn(2, 3, 64, 64))
+    assert float(logits.abs().max()) < 100  # fan-out convolutions gave ~3e7 here
+    assert abs(_conv_weight_std_over_kaiming(module, "fan_in") - 1) < 0.01
+    norms = [m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == 121  # 120 convolutions (each after one) and norm5
+    assert all(bool((m.weight == 1).all() and (m.bias == 0).all()) for m in norms)
+    assert module.classifier.bias.tolist() == [0.0] * 1000
+
+
+def test_resnet_convolutions_are_kaiming_fan_out():
+    torch.manual_seed(0)
+    module = build(cnngraph.load("resnet18", input_shape=[3, 32, 32]))
+    assert abs(_conv_weight_std_over_kaiming(module, "fan_out") - 1) < 0.01
+    # fc keeps PyTorch's default: uniform(+-1/sqrt(512)), whose std is 1/sqrt(3 * 512)
+    assert float(module.fc.weight.detach().std()) == pytest.approx((3 * 512) ** -0.5, rel=0.01)
+    assert float(module.fc.weight.detach().abs().max()) <= 512 ** -0.5
+
+
+def test_init_rules_by_op_and_by_layer_pattern():
+    spec = {"name": "init_net", "input": [2, 6, 6],
+            "meta": {"init": {"conv2d": {"weight": {"normal": 0.5}, "bias": 0},
+                              "layers": {"c2*": {"bias": 1.5}}}},
+            "layers": [{"name": "c1", "op": "conv2d", "out": 400, "kernel": 3},
+                       {"name": "c2a", "op": "conv2d", "out": 3, "kernel": 1}]}
+    torch.manual_seed(0)
+    module = build(cnngraph.load(spec))
+    assert float(module.c1.weight.detach().std()) == pytest.approx(0.5, rel=0.03)
+    assert module.c1.bias.tolist() == [0.0] * 400
+    assert module.c2a.bias.tolist() == [1.5] * 3
+
+
+@pytest.mark.parametrize("init, message", [
+    ({"conv2d": {"weight": "xavier"}},
+     r"`meta.init.conv2d.weight`: unknown rule 'xavier': give a number, one of "
+     r"kaiming_normal_fan_in"),
+    ({"conv2D": {"weight": 1}}, r"`meta.init.conv2D`: not an op with parameters"),
+    ({"conv2d": {"scale": 1}}, r"`meta.init.conv2d.scale`: the parameters are weight and bias"),
+    ({"conv2d": {"weight": {"normal": -1}}}, r"the std must be a number in \(0, 1e\+06\]"),
+    ({"conv2d": {"bias": "kaiming_normal_fan_in"}}, r"is for weights"),
+    ({"batch_norm": {"weight": "pytorch"}}, r"give a number for a batch norm"),
+    ({"layers": {"nothing*": {"bias": 0}}}, r"'nothing\*' names no layer"),
+    ({"conv2d": {"weight": float("nan")}}, r"unknown rule nan"),
+    ("kaiming", r"`meta.init` must map op names"),
+])
+def test_init_errors_are_one_line_spec_errors_at_their_line(tmp_path, init, message):
+    import yaml
+
+    flow = yaml.safe_dump(init, default_flow_style=True, width=1000).splitlines()[0]
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"name: bad\ninput: [1, 8, 8]\nmeta:\n  init: {flow}\nlayers:\n"
+                    "  - {name: c, op: conv2d, out: 2, kernel: 3}\n"
+                    "  - {name: bn, op: batch_norm}\n")
+    with pytest.raises(cnngraph.SpecError, match=r"bad.yaml:4: .*" + message) as err:
+        cnngraph.load(path)
+    assert "\n" not in str(err.value)

@@ -3,6 +3,9 @@ through the dispatcher, against published parameter counts and the output-size f
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+import pytest
 
 from cnngraph.cli import main
 
@@ -80,3 +83,13 @@ def test_ops_lists_attributes_and_defaults(capsys):
                for line in out.splitlines())
     code, _, err = run(capsys, "ops", "maxpool2d")
     assert code == 2 and "did you mean 'max_pool2d'" in err
+
+
+def test_version_prints_the_package_version(capsys):
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    expected = tomllib.loads(pyproject.read_text())["project"]["version"]
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"cnngraph {expected}\n"

@@ -269,6 +269,35 @@ def test_verify_says_when_the_model_came_from_another_spec(tmp_path, capsys):
     assert "exported from spec 'other', and --against gives 'lenet5'" in capsys.readouterr().out
 
 
+def test_verify_compares_the_variant_not_the_family(tmp_path, capsys):
+    import yaml
+
+    family = {"name": "tiny", "input": [1, 8, 8], "params": {"width": 4},
+              "variants": {"tiny_a": {"width": 4}, "tiny_b": {"width": 4}}, "variant": "tiny_a",
+              "layers": [{"name": "conv", "op": "conv2d", "out": "$width", "kernel": 3},
+                         {"name": "flat", "op": "flatten"},
+                         {"name": "fc", "op": "linear", "out": 3}]}
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text(yaml.safe_dump(family))
+    b.write_text(yaml.safe_dump({**family, "variant": "tiny_b"}))
+    path = tmp_path / "a.onnx"
+    assert cli(["export", str(a), "-o", str(path)]) == 0
+    capsys.readouterr()
+    assert cli(["verify", str(path), "--against", str(a)]) == 0  # the same variant: no note
+    assert "note:" not in capsys.readouterr().out
+    assert cli(["verify", str(path), "--against", str(b)]) == 0  # same weights, other variant
+    assert "exported from spec 'tiny_a', and --against gives 'tiny_b'" in capsys.readouterr().out
+    # an export that recorded only the family (no variant) matches every variant of it
+    model = onnx.load(str(path))
+    for prop in model.metadata_props:
+        if prop.key == "cnngraph.spec":
+            prop.value = json.dumps({k: v for k, v in json.loads(prop.value).items()
+                                     if k != "variant"})
+    onnx.save(model, str(path))
+    assert cli(["verify", str(path), "--against", str(b)]) == 0
+    assert "note:" not in capsys.readouterr().out
+
+
 def test_a_static_batch_is_verified_at_its_size(tmp_path, capsys):
     path = tmp_path / "b2.onnx"
     assert cli(["export", "lenet5", "-o", str(path), "--static-batch", "2"]) == 0

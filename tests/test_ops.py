@@ -391,8 +391,6 @@ def test_adaptive_pool_window_for_uneven_bins():
      "kernel 3 (dilated: 7x7) is larger than the padded input 5x5"),
     ("conv2d", [("N", 256)], dict(out=8, kernel=3),
      "conv2d needs a (N, C, H, W) feature map, got (N,256)"),
-    ("conv2d", [("N", 3, 8, 8)], dict(out=8, kernel=3, stride=0),
-     "stride must be at least 1, got 0"),
     ("conv2d", [("N", 6, 14, 14)], dict(out=15, kernel=5, table=LENET_C3),
      "the connection table has 16 entries but out is 15: give one entry per output channel"),
     ("conv2d", [("N", 4, 14, 14)], dict(out=16, kernel=5, table=LENET_C3),

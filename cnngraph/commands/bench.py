@@ -48,10 +48,9 @@ def batch_sizes(text: str) -> list[int]:
 
 def spec_graph(model: Path):
     """The graph of the spec in the model's cnngraph.spec metadata, or None without one."""
-    import onnx
-
     import cnngraph
-    props = {p.key: p.value for p in onnx.load(str(model), load_external_data=False).metadata_props}
+    from ..files import read_onnx
+    props = {p.key: p.value for p in read_onnx(model).metadata_props}
     if "cnngraph.spec" not in props:
         return None
     try:
@@ -64,7 +63,7 @@ def module_for_onnx(model: Path, graph, weights: Path):
     """The PyTorch module of an exported model: the graph of its cnngraph.spec metadata
     (`spec_graph`), these weights."""
     import cnngraph
-    from .export import read_weights
+    from ..files import read_weights
     if graph is None:
         raise InputError(f"{model}: has no cnngraph.spec metadata, so PyTorch cannot rebuild it; "
                          "bench it without --weights (onnxruntime only)")

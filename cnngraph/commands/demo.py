@@ -12,6 +12,7 @@ import numpy as np
 
 from . import about
 from ..errors import InputError
+from ..files import writing
 
 SPEC = "lenet5"
 SHOWN = 8
@@ -72,7 +73,8 @@ def run(args) -> int:
         raise InputError("--epochs must be at least 1")
     out = args.out.resolve()
     replace_earlier_demo(out / "train")
-    out.mkdir(parents=True, exist_ok=True)
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
     print(f"cnngraph demo: writing into {out}")
     graph = cnngraph.load(SPEC)
     data = glyphs(train=1000, val=200) if args.quick else glyphs(train=12000, val=1000)

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import pickle
 from pathlib import Path
 
 import torch
 
 from ..errors import ExportError
+from ..files import read_weights
 
 
 def register(subparsers) -> None:
@@ -74,27 +74,3 @@ def resolve(source: str, weights: Path | None, seed: int):
         check_weights(graph, state_arrays(state), built=module)
         module.load_state_dict(state, strict=False)  # checked above; BN step counters optional
     return graph, module
-
-
-def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """A state_dict from safetensors or a torch file (loaded with weights_only: no code runs)."""
-    if not path.is_file():
-        raise ExportError(f"{path}: no such weights file")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # weights_only refused a class: the file holds more than tensors
-        raise ExportError(f"{path}: holds pickled Python objects, which are never loaded; save a "
-                          "state_dict of tensors (safetensors, or torch.save(model.state_dict()))"
-                          ) from None
-    except Exception as exc:  # a corrupt or foreign file: say which and why, in one line
-        raise ExportError(f"{path}: cannot read weights ({exc.__class__.__name__}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'})") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ExportError(f"{path}: expected a state_dict (names -> tensors), as "
-                          "`cnngraph train` writes (best.safetensors)")
-    return state

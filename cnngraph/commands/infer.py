@@ -5,16 +5,19 @@ unless the rows already are probabilities); any other model has its outputs writ
 """
 from __future__ import annotations
 
+import io
 import json
-import os
-import tempfile
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from . import about
 from ..errors import InputError
-from ..runtime import Predictor, load_inputs
+from ..files import atomic_write
+from ..runtime import Predictor, load_inputs, load_named_inputs
+
+log = logging.getLogger("cnngraph.runtime")
 
 
 def register(subparsers) -> None:
@@ -22,7 +25,9 @@ def register(subparsers) -> None:
                               description=about(__doc__))
     p.add_argument("model", type=Path, help="exported model (.onnx)")
     p.add_argument("inputs", type=Path, nargs="+",
-                   help="image files (PNG, JPEG, ...), .npy or .npz arrays, (C,H,W) or (N,C,H,W)")
+                   help="image files (PNG, JPEG, ...), .npy or .npz arrays, (C,H,W) or (N,C,H,W); "
+                        "for a model with several inputs, .npz files holding one array per "
+                        "input name")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--batch-size", type=int, default=32, help="samples per run (default 32)")
     p.add_argument("--top-k", type=int, default=5, help="classes to print per input (default 5)")
@@ -54,18 +59,36 @@ def top_k(probs: np.ndarray, k: int, classes) -> list[list[dict]]:
               "probability": float(row[i])} for i in idx] for row, idx in zip(probs, order)]
 
 
-def predict(predictor: Predictor, x: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """All outputs for the batch x, run `batch_size` samples at a time; a model exported with
-    a fixed batch runs in chunks of that size, the last one padded with zeros."""
+def predict(predictor: Predictor, x: np.ndarray | dict[str, np.ndarray],
+            batch_size: int) -> list[np.ndarray]:
+    """All outputs for the batch x (or one batch per input name), run `batch_size` samples at a
+    time; a model exported with a fixed batch runs in chunks of that size, the last one padded
+    with zeros."""
+    feeds = x if isinstance(x, dict) else {predictor.inputs[0].name: x}
+    feeds = [feeds[i.name] for i in predictor.inputs]
+    total = len(feeds[0])
     fixed = predictor.inputs[0].shape[0]
     size = fixed if isinstance(fixed, int) else batch_size
     parts = []
-    for i in range(0, len(x), size):
-        chunk = x[i:i + size]
-        if isinstance(fixed, int) and len(chunk) < fixed:
-            chunk = np.concatenate([chunk, np.zeros((fixed - len(chunk), *chunk.shape[1:]), chunk.dtype)])
-        parts.append([out[:len(x) - i] for out in predictor.run(chunk)])
+    for i in range(0, total, size):
+        chunk = [f[i:i + size] for f in feeds]
+        if isinstance(fixed, int) and len(chunk[0]) < fixed:
+            chunk = [np.concatenate([c, np.zeros((fixed - len(c), *c.shape[1:]), c.dtype)])
+                     for c in chunk]
+        parts.append([out[:total - i] for out in predictor.run(*chunk)])
     return [np.concatenate([p[j] for p in parts]) for j in range(len(predictor.output_names))]
+
+
+def warn_non_finite(labels: list[str], names: list[str], outputs: list[np.ndarray]) -> None:
+    """One warning line per output holding NaN or inf, naming the inputs that gave them: their
+    scores (printed as nan) mean nothing."""
+    for name, out in zip(names, outputs):
+        finite = np.isfinite(out.reshape(len(out), -1)).all(axis=1)
+        if not finite.all():
+            bad = [label for label, ok in zip(labels, finite) if not ok]
+            log.warning("warning: output '%s' is NaN or inf for %d input(s): %s%s; their "
+                        "results mean nothing", name, len(bad), ", ".join(bad[:5]),
+                        " ..." if len(bad) > 5 else "")
 
 
 def save_outputs(path: Path, names: list[str], outputs: list[np.ndarray]) -> None:
@@ -77,27 +100,29 @@ def save_outputs(path: Path, names: list[str], outputs: list[np.ndarray]) -> Non
         raise InputError(f"--output {path}: {blocker} is a file, not a folder")
     if not path.parent.is_dir():
         raise InputError(f"--output {path}: folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=path.parent)
-    os.close(fd)
-    try:
-        np.savez(tmp, **dict(zip(names, outputs)))
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    buffer = io.BytesIO()
+    np.savez(buffer, **dict(zip(names, outputs)))
+    atomic_write(path, buffer.getvalue())
+
+
+def _expected(predictor: Predictor, spec) -> tuple[int, ...] | None:
+    """An input's (C, H, W): from the cnngraph metadata, else the model's static dims."""
+    return predictor.meta.for_input(spec.name).input_shape or (
+        tuple(spec.shape[1:]) if all(isinstance(d, int) for d in spec.shape[1:]) else None)
 
 
 def run(args) -> int:
     if args.batch_size < 1 or args.top_k < 1:
         raise InputError("--batch-size and --top-k must be at least 1")
     predictor = Predictor(args.model, args.device)
-    if len(predictor.inputs) != 1:
-        raise InputError(f"{args.model}: infer feeds single-input models; this one takes "
-                         f"{[i.name for i in predictor.inputs]} (use cnngraph.runtime.Predictor)")
-    spec = predictor.inputs[0]
-    expected = predictor.meta.input_shape or (
-        tuple(spec.shape[1:]) if all(isinstance(d, int) for d in spec.shape[1:]) else None)
-    x, labels = load_inputs(args.inputs, predictor.meta, spec.name, expected)
+    if len(predictor.inputs) == 1:
+        spec = predictor.inputs[0]
+        x, labels = load_inputs(args.inputs, predictor.meta, spec.name, _expected(predictor, spec))
+    else:  # one .npz per sample (or batch) holding an array per input name
+        x, labels = load_named_inputs(args.inputs, predictor.meta,
+                                      {i.name: _expected(predictor, i) for i in predictor.inputs})
     outputs = predict(predictor, x, args.batch_size)
+    warn_non_finite(labels, predictor.output_names, outputs)
     classifier = outputs[0].ndim == 2
     out_path = args.output or (None if classifier else Path(f"{args.model.stem}.outputs.npz"))
     if out_path:

@@ -37,6 +37,7 @@ def describe(op) -> str:
     for key, attr in op.attrs.items():
         default = "required" if attr.default is REQUIRED else _plain(attr.default)
         doc = attr.doc + (f" (one of: {', '.join(attr.choices)})" if attr.choices else "")
+        doc += f" [{attr.bounds()}]" if attr.bounds() else ""
         lines.append(f"    {key:<{width}}  {attr.kind:<7}  default {default:<16}  {doc}".rstrip())
     return "\n".join(lines)
 

@@ -31,7 +31,10 @@ def run(args) -> int:
     import cnngraph
 
     shape = shape_arg(args.input_shape) if args.input_shape else None
-    graph = cnngraph.load(args.spec, variant=args.variant, input_shape=shape)
+    try:
+        graph = cnngraph.load(args.spec, variant=args.variant, input_shape=shape)
+    except InputError as exc:  # only the input shape raises it: name the option
+        raise InputError(f"--input-shape {args.input_shape}: {exc}") from None
     rank = len(graph.inputs[0].shape)
     batch = shape[0] if shape and len(shape) == rank else "N"
     report = summary(graph, batch)

@@ -44,17 +44,22 @@ def run(args) -> int:
                                  "this machine with --placement cpu")
     model = read_model(args.model)
     graph, module = resolve(args.against, args.weights, args.seed)
-    exported_from = _spec_name(model)
-    if exported_from and exported_from != graph.name:
+    exported_from = _exported_from(model, graph)
+    if exported_from:
         print(f"note: {args.model} was exported from spec '{exported_from}', and --against "
               f"gives '{graph.name}'")
-    (feed,) = model.graph.input
-    dims = [d.dim_value if d.HasField("dim_value") else d.dim_param
-            for d in feed.type.tensor_type.shape.dim]
-    if tuple(dims[1:]) != tuple(graph.input_shape):
-        raise InputError(f"{args.model} takes input {tuple(dims[1:])} but {args.against} takes "
-                         f"{tuple(graph.input_shape)}: {args.against} is probably not what was "
+    feeds = {f.name: [d.dim_value if d.HasField("dim_value") else d.dim_param
+                      for d in f.type.tensor_type.shape.dim] for f in model.graph.input}
+    takes = {name: tuple(dims[1:]) for name, dims in feeds.items()}
+    wants = graph.input_shapes
+    if list(takes.values()) != list(wants.values()) or len(takes) > 1 and list(takes) != list(wants):
+        def shown(shapes):  # a single input by its shape alone (the name is the spec's anyway)
+            return (f"input {(*shapes.values(),)[0]}" if len(shapes) == 1 else
+                    "inputs " + ", ".join(f"{k} {v}" for k, v in shapes.items()))
+        raise InputError(f"{args.model} takes {shown(takes)} but {args.against} takes "
+                         f"{shown(wants)}: {args.against} is probably not what was "
                          "exported; verify against the export's source")
+    dims = next(iter(feeds.values()))
     session = open_session(args.model)
     precision = "float16" if any(t.data_type == onnx.TensorProto.FLOAT16
                                  for t in model.graph.initializer) else "float32"
@@ -70,10 +75,11 @@ def run(args) -> int:
     print(f"{args.model} ({precision}) against {args.against}: max |onnx - torch|, and that "
           f"divided by max |torch|; tolerance {tolerance:g} relative")
     for batch in batches:
-        x = rng.standard_normal((batch, *graph.input_shape), dtype=np.float32)
-        got = dict(zip(names, session.run(names, {feed.name: x})))
-        with torch.no_grad():
-            expected = forward(torch.from_numpy(x))
+        x = {name: rng.standard_normal((batch, *shape), dtype=np.float32)
+             for name, shape in takes.items()}
+        got = dict(zip(names, session.run(names, x)))
+        with torch.no_grad():  # the module takes the inputs in the spec's order, as the model
+            expected = forward(*(torch.from_numpy(v) for v in x.values()))
         if not isinstance(expected, dict):
             expected = {names[0]: expected}
         for name in names:
@@ -102,30 +108,30 @@ def run(args) -> int:
     return 0
 
 
-def _spec_name(model) -> str | None:
-    """The name of the spec recorded in the model's metadata, if any."""
+def _exported_from(model, graph) -> str | None:
+    """The name of the network the model's cnngraph.spec metadata records, when it is not the
+    one `graph` is: a family's variant counts, not the family (`densenet121`, not `densenet`). An
+    export without a recorded variant matches any variant of its family."""
     import json
     props = {p.key: p.value for p in model.metadata_props}
     try:
-        return json.loads(props["cnngraph.spec"]).get("name")
+        spec = json.loads(props["cnngraph.spec"])
+        name, variant = spec.get("name"), spec.get("variant")
     except (KeyError, ValueError, AttributeError):
         return None
+    if variant is None:
+        same = name in (graph.name, graph.spec.get("name"))
+    else:
+        same = (name, variant) == (graph.spec.get("name"), graph.meta.get("variant"))
+    return None if same else str(variant or name)
 
 
-def read_model(path: Path) -> onnx.ModelProto:
-    """The model's graph (weights stay on disk), or one InputError for a file that is not a
-    single-input ONNX model."""
-    import onnx
+def read_model(path: Path) -> "onnx.ModelProto":
+    """The model's graph (weights stay on disk), or one InputError for a file that is not an
+    ONNX model."""
+    from ..files import read_onnx
 
-    try:
-        model = onnx.load_model(str(path), load_external_data=False)
-    except Exception:  # protobuf's DecodeError and friends: the bytes are not a ModelProto
-        model = None
-    if model is None or not model.graph.output:
-        raise InputError(f"{path}: not an ONNX model file (write one with `cnngraph export`)")
-    if len(model.graph.input) != 1:
-        raise InputError(f"{path}: verify compares single-input models; this one has "
-                         f"{len(model.graph.input)} inputs")
+    model = read_onnx(path)
     return model
 
 

@@ -5,41 +5,64 @@ through an unpickler that only builds dicts, lists, bytes and numpy arrays."""
 from __future__ import annotations
 
 import gzip
+import math
 import pickle
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
-
 from ..errors import DataError
+from ..files import read_image
 from .dataset import Dataset, split
 
 # --- MNIST / Fashion-MNIST IDX ------------------------------------------------------------
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+MAX_DATA_BYTES = 1 << 32  # 4 GiB: the most a dataset file may hold once decompressed
 
 
 def _open_bytes(path: Path) -> bytes:
+    """The file's bytes, gunzipped when it is gzip, and at most MAX_DATA_BYTES of them (a small
+    .gz can inflate to any size)."""
     try:
-        raw = path.read_bytes()
-        return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        with open(path, "rb") as f:
+            gzipped = f.read(2) == b"\x1f\x8b"
+            f.seek(0)
+            data = (gzip.GzipFile(fileobj=f) if gzipped else f).read(MAX_DATA_BYTES + 1)
+    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
         raise DataError(f"{path}: cannot read ({exc})") from None
+    if len(data) > MAX_DATA_BYTES:
+        raise DataError(f"{path}: holds more than {MAX_DATA_BYTES:,} bytes"
+                        f"{' once decompressed' if gzipped else ''}, more than cnngraph reads "
+                        "into memory")
+    return data
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """One IDX file (raw or gzip): magic 0 0 TYPE NDIM, NDIM big-endian int32 sizes, data."""
+    """One IDX file (raw or gzip): magic 0 0 TYPE NDIM, NDIM big-endian int32 sizes, data.
+    Every size is checked against the bytes that are really there before anything is made."""
     data = _open_bytes(path)
-    if len(data) < 4 or data[:2] != b"\0\0" or data[2] not in _IDX_TYPES:
-        raise DataError(f"{path}: not an IDX file (bad magic number)")
-    ndim = data[3]
+    if len(data) < 4 or data[:2] != b"\0\0":
+        raise DataError(f"{path}: not an IDX file (bad magic number: it must start with two "
+                        "zero bytes)")
+    if data[2] not in _IDX_TYPES:
+        known = ", ".join(f"0x{code:02X}" for code in _IDX_TYPES)
+        raise DataError(f"{path}: IDX data type code 0x{data[2]:02X} is unknown (known: {known})")
+    ndim, header = data[3], 4 + 4 * data[3]
+    if len(data) < header:
+        raise DataError(f"{path}: IDX header cut short: {ndim} dimensions need {header} bytes, "
+                        f"the file has {len(data)}")
     dims = np.frombuffer(data, ">i4", ndim, 4).tolist()
+    if any(d < 0 for d in dims):
+        raise DataError(f"{path}: IDX dimensions {dims} include a negative size")
     dtype = np.dtype(_IDX_TYPES[data[2]])
-    count = int(np.prod(dims))
-    if len(data) != 4 + 4 * ndim + count * dtype.itemsize:
-        raise DataError(f"{path}: IDX file is truncated or has trailing bytes "
-                        f"(header says {dims})")
-    array = np.frombuffer(data, dtype, count, 4 + 4 * ndim).reshape(dims)
+    count = math.prod(dims)  # a Python int: 65536**4 does not wrap around
+    promised, present = count * dtype.itemsize, len(data) - header
+    if promised != present:
+        raise DataError(f"{path}: IDX header promises dimensions {dims} ({promised:,} bytes of "
+                        f"data), the file has {present:,} (" + ("truncated?" if promised > present
+                                                                else "trailing bytes") + ")")
+    array = np.frombuffer(data, dtype, count, header).reshape(dims)
     return array.astype(dtype.newbyteorder("="))
 
 
@@ -54,7 +77,33 @@ def _idx_pair(images: Path) -> tuple[np.ndarray, np.ndarray]:
     if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
         raise DataError(f"{images}: expected images (N, H, W) and labels (N,), got "
                         f"{x.shape} and {y.shape}")
-    return x[:, None], y.astype(np.int64)
+    if not len(y):
+        raise DataError(f"{images}: holds no samples")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{labels}: holds {y.dtype} values; labels must be integer class indices")
+    return _pixels(x, images)[:, None], y.astype(np.int64)
+
+
+MAX_CLASSES = 1 << 20
+
+
+def _pixels(x: np.ndarray, where: object) -> np.ndarray:
+    """Images as stored, if they are numbers a network can take: integers or finite floats."""
+    if x.dtype == np.bool_ or not (np.issubdtype(x.dtype, np.integer)
+                                   or np.issubdtype(x.dtype, np.floating)):
+        raise DataError(f"{where}: images of dtype {x.dtype}; they must be integers (uint8 "
+                        "pixels) or floats")
+    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+        raise DataError(f"{where}: images hold NaN or inf values")
+    return x
+
+
+def _class_names(top: int, where: object) -> list[str]:
+    """"0", "1", ... up to the largest label; a label past MAX_CLASSES is damage, not a class."""
+    if top >= MAX_CLASSES:
+        raise DataError(f"{where}: label {top} is past the {MAX_CLASSES:,} classes cnngraph "
+                        "handles; are these the labels?")
+    return [str(c) for c in range(top + 1)]
 
 
 def _find(folder: Path, stem: str) -> Path | None:
@@ -71,11 +120,13 @@ def read_mnist(path: Path, val_fraction: float) -> Dataset:
     then a seeded split)."""
     if path.is_file():
         x, y = _idx_pair(path)
-        return split(x, y, val_fraction, [str(c) for c in range(int(y.max()) + 1)], str(path))
+        return split(x, y, val_fraction, _class_names(int(y.max()), path), str(path))
     train = _find(path, "train-images-idx3-ubyte")
+    if train is None:
+        raise DataError(f"{path}: no train-images-idx3-ubyte[.gz] in it")
     x, y = _idx_pair(train)
     test = _find(path, "t10k-images-idx3-ubyte")
-    classes = [str(c) for c in range(int(y.max()) + 1)]
+    classes = _class_names(int(y.max()), path)
     if test is None:
         return split(x, y, val_fraction, classes, str(path))
     x_val, y_val = _idx_pair(test)
@@ -111,8 +162,9 @@ def read_cifar_batch(path: Path) -> dict[str, object]:
     try:
         with open(path, "rb") as f:
             batch = _DataOnlyUnpickler(f, encoding="bytes").load()
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError) as exc:
-        raise DataError(f"{path}: not a readable CIFAR batch ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged pickle raises many kinds, all "unreadable"
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{path}: not a readable CIFAR batch ({reason})") from None
     if not isinstance(batch, dict):
         raise DataError(f"{path}: not a CIFAR batch (expected a dict)")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
@@ -123,10 +175,17 @@ def _cifar_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
     labels = batch.get("labels", batch.get("fine_labels"))
     if "data" not in batch or labels is None:
         raise DataError(f"{path}: CIFAR batch without 'data' and 'labels'/'fine_labels'")
-    data = np.asarray(batch["data"], dtype=np.uint8)
-    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
-        raise DataError(f"{path}: CIFAR data must be (N, 3072) with N labels, got {data.shape}")
-    return data.reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
+    try:
+        data, labels = np.asarray(batch["data"]), np.asarray(labels)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{path}: CIFAR data or labels are not arrays ({exc})") from None
+    if (data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32
+            or labels.shape != (len(data),) or not np.issubdtype(labels.dtype, np.integer)):
+        raise DataError(f"{path}: CIFAR data must be uint8 (N, 3072) with N integer labels, got "
+                        f"{data.dtype} {data.shape} and {labels.dtype} {labels.shape}")
+    if not len(data):
+        raise DataError(f"{path}: holds no samples")
+    return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
 
 def read_cifar(path: Path) -> Dataset:
@@ -143,10 +202,10 @@ def read_cifar(path: Path) -> Dataset:
     if not test_file.exists():
         raise DataError(f"{path}: CIFAR folder without its test batch {test_file.name}")
     x_val, y_val = _cifar_arrays(test_file)
-    classes = [str(c) for c in range(int(max(y.max(), y_val.max())) + 1)]
+    classes = _class_names(int(max(y.max(), y_val.max())), path)
     if meta_file.exists():
         names = read_cifar_batch(meta_file).get(names_key)
-        if names:
+        if isinstance(names, list) and names:
             classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
     return Dataset(x, y, x_val, y_val, classes, str(path))
 
@@ -166,14 +225,7 @@ def _read_images(folder: Path, classes: list[str], mode: str,
         for file in sorted((folder / name).iterdir()):
             if file.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
-            try:
-                with Image.open(file) as im:
-                    im = im.convert(mode)
-                    if im.size != (size[1], size[0]):
-                        im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-                    images.append(np.asarray(im, dtype=np.uint8))
-            except (OSError, UnidentifiedImageError) as exc:
-                raise DataError(f"{file}: cannot read image ({exc})") from None
+            images.append(read_image(file, mode, size, DataError)[0])  # infer's reader too
             labels.append(label)
     if not images:
         raise DataError(f"{folder}: no PNG/JPEG images in its class subfolders")
@@ -205,6 +257,7 @@ def read_image_folder(path: Path, channels: int, size: tuple[int, int],
 # --- .npz ---------------------------------------------------------------------------------
 def _nchw(x: np.ndarray, path: Path, key: str) -> np.ndarray:
     """(N,H,W) -> (N,1,H,W); (N,H,W,C) when the last dim is 1, 3 or 4 and dim 1 is not."""
+    x = _pixels(x, f"{path}: '{key}'")
     if x.ndim == 3:
         return x[:, None]
     if x.ndim == 4:
@@ -230,8 +283,10 @@ def read_npz(path: Path, val_fraction: float) -> Dataset:
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read .npz ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - OSError, ValueError (object arrays: never
+        # unpickled), BadZipFile, EOFError, zlib.error: all a damaged or foreign file
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{path}: cannot read .npz ({reason})") from None
     if "x" not in arrays or "y" not in arrays:
         raise DataError(f"{path}: a .npz dataset needs arrays 'x' and 'y' (has "
                         f"{', '.join(arrays) or 'none'})")
@@ -242,8 +297,8 @@ def read_npz(path: Path, val_fraction: float) -> Dataset:
         x_val = _nchw(arrays["x_val"], path, "x_val")
         y_val = _labels(arrays.get("y_val", np.zeros(0)), len(x_val), path, "y_val")
         top = max(top, int(y_val.max()) if len(y_val) else 0)
-    classes = ([str(c) for c in arrays["classes"].tolist()] if "classes" in arrays
-               else [str(c) for c in range(top + 1)])
+    classes = ([str(c) for c in np.ravel(arrays["classes"]).tolist()] if "classes" in arrays
+               else _class_names(top, path))
     if "x_val" in arrays:
         return Dataset(x, y, x_val, y_val, classes, str(path))
     return split(x, y, val_fraction, classes, str(path))

@@ -68,7 +68,7 @@ class Softmax(_Pointwise):
     """exp(x) normalised to sum 1 along `axis` (1 = channels / classes)."""
 
     name = "softmax"
-    attrs = {"axis": Attr(1, "dimension to normalise over", "int")}
+    attrs = {"axis": Attr(1, "dimension to normalise over", "int", min=1, max=3)}
 
     def infer(self, node, ins):
         axis, rank = node.attrs["axis"], len(ins[0])

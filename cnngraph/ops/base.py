@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
+from .. import limits
 from ..graph import Node, Shape
 
 REQUIRED = object()  # marks an attribute the spec must give
@@ -13,36 +14,50 @@ REQUIRED = object()  # marks an attribute the spec must give
 
 @dataclass(frozen=True)
 class Attr:
-    """One attribute: `default` (or REQUIRED), what it means, and the accepted type.
+    """One attribute: `default` (or REQUIRED), what it means, the accepted type and range.
 
     `kind` is one of: "int", "float", "bool", "str", "ints" (an int or a list of ints, e.g. a
     kernel size given as 3 or [3, 5]), "padding" (int, [h, w], [top, left, bottom, right] or
-    "same"), "table" (list of lists of ints), "any"; `choices` limits a "str".
+    "same"), "table" (list of lists of ints), "any"; `choices` limits a "str". A number (each
+    one of "ints" and "padding") must lie in [`min`, `max`], and be > 0 when `positive`; `max`
+    defaults to `limits.MAX_SIZE` for sizes ("ints", "padding") and `limits.MAX_DIM` for "int",
+    so that the checker knows the range of every value before any shape code runs.
     """
 
     default: Any = REQUIRED
     doc: str = ""
     kind: str = "any"
     choices: tuple | None = None
+    min: float | None = None
+    max: float | None = None
+    positive: bool = False
 
     def normalize(self, value: Any) -> Any:
         """The canonical form of a spec value (raises ValueError saying what is expected).
 
         int -> int; float -> float; bool -> bool; str -> str (one of `choices`);
         ints -> (h, w); padding -> (top, left, bottom, right) or "same"; table -> tuple of tuples.
-        None stays None (an optional attribute left unset).
+        null is an unset optional attribute (default None) and refused elsewhere.
         """
         if value is None:
-            return None
+            if self.default is None:
+                return None
+            raise ValueError("null is not a value here: " + (
+                "give one" if self.default is REQUIRED else
+                f"give one, or remove the key for the default {self.default!r}"))
         kind = self.kind
         if kind == "int":
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"expected an integer, got {value!r}")
-            return value
+                raise ValueError(f"expected an integer, got {limits.describe(value)}")
+            return self._in_range(value, limits.MAX_DIM)
         if kind == "float":
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"expected a number, got {value!r}")
-            return float(value)
+                raise ValueError(f"expected a number, got {limits.describe(value)}")
+            try:
+                limits.number(value)
+            except limits.LimitError as exc:
+                raise ValueError(str(exc)) from None
+            return float(self._in_range(value, None))
         if kind == "bool":
             if not isinstance(value, bool):
                 raise ValueError(f"expected true or false, got {value!r}")
@@ -52,12 +67,13 @@ class Attr:
                 raise ValueError(f"expected one of {', '.join(self.choices or ())}, got {value!r}")
             return value
         if kind == "ints":
-            vals = _int_list(value, (1, 2))
+            vals = [self._in_range(v, limits.MAX_SIZE) for v in _int_list(value, (1, 2))]
             return (vals[0], vals[0]) if len(vals) == 1 else tuple(vals)
         if kind == "padding":
             if value == "same":
                 return "same"
-            vals = _int_list(value, (1, 2, 4), extra=' or "same"')
+            vals = [self._in_range(v, limits.MAX_SIZE)
+                    for v in _int_list(value, (1, 2, 4), extra=' or "same"')]
             if len(vals) == 1:
                 return (vals[0],) * 4
             if len(vals) == 2:
@@ -70,7 +86,24 @@ class Attr:
                 for row in value):
                 raise ValueError("expected a list, one entry per output channel, of non-empty "
                                  "lists of input-channel indices")
+            if len(value) > limits.MAX_SIZE or any(max(row) > limits.MAX_DIM for row in value):
+                raise ValueError(f"more than {limits.MAX_SIZE:,} rows or an index past "
+                                 f"{limits.MAX_DIM:,}")
             return tuple(tuple(row) for row in value)
+        return value
+
+    def bounds(self, default_max=None) -> str:
+        """The range as text ("> 0", ">= 1 and <= 100,000"), or "" when there is none."""
+        high = self.max if self.max is not None else default_max
+        low = "> 0" if self.positive else f">= {self.min}" if self.min is not None else None
+        return " and ".join(x for x in (low, high is not None and f"<= {high:,}") if x)
+
+    def _in_range(self, value, default_max):
+        """`value` if within [min, max] (and > 0 when `positive`), else a ValueError."""
+        high = self.max if self.max is not None else default_max
+        if ((self.min is not None and value < self.min) or (high is not None and value > high)
+                or (self.positive and value <= 0)):
+            raise ValueError(f"must be {self.bounds(default_max)}, got {limits.describe(value)}")
         return value
 
 
@@ -79,7 +112,8 @@ def _int_list(value: Any, lengths: tuple[int, ...], extra: str = "") -> list[int
     if (not isinstance(vals, (list, tuple)) or len(vals) not in lengths
             or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in vals)):
         shapes = " or ".join("an integer" if n == 1 else f"a list of {n} integers" for n in lengths)
-        raise ValueError(f"expected {shapes} (non-negative){extra}, got {value!r}")
+        raise ValueError(f"expected {shapes} (non-negative){extra}, got "
+                         f"{limits.describe(value)}")
     return list(vals)
 
 

@@ -158,14 +158,15 @@ class GatedConv(nn.Module):
 
 # --- ops --------------------------------------------------------------------------------------
 _CONV_ATTRS = {
-    "out": Attr(REQUIRED, "output channels", "int"),
-    "kernel": Attr(REQUIRED, "kernel size: k or [kh, kw]", "ints"),
-    "stride": Attr(1, "stride: s or [sh, sw]", "ints"),
+    "out": Attr(REQUIRED, "output channels", "int", min=1),
+    "kernel": Attr(REQUIRED, "kernel size: k or [kh, kw]", "ints", min=1),
+    "stride": Attr(1, "stride: s or [sh, sw]", "ints", min=1),
     "padding": Attr(0, 'zero padding: p, [ph, pw], [top, left, bottom, right] or "same" '
                     "(TensorFlow's: output ceil(in/stride), the odd pixel at the bottom/right)",
                     "padding"),
-    "dilation": Attr(1, "dilation: d or [dh, dw]", "ints"),
-    "groups": Attr(1, "channel groups (must divide the input and output channels)", "int"),
+    "dilation": Attr(1, "dilation: d or [dh, dw]", "ints", min=1),
+    "groups": Attr(1, "channel groups (must divide the input and output channels)", "int",
+                   min=1),
     "bias": Attr(True, "learn a bias per output channel", "bool"),
 }
 
@@ -350,7 +351,8 @@ class DeformConv2d(Op):
         "padding": Attr(0, "zero padding: p or [ph, pw]", "ints"),
         "dilation": _CONV_ATTRS["dilation"],
         "groups": _CONV_ATTRS["groups"],
-        "offset_groups": Attr(1, "groups of input channels sharing one offset field", "int"),
+        "offset_groups": Attr(1, "groups of input channels sharing one offset field", "int",
+                              min=1),
         "bias": _CONV_ATTRS["bias"],
         "modulated": Attr(False, "DCN v2: also learn a sigmoid mask per tap", "bool"),
     }

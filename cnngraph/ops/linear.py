@@ -15,7 +15,7 @@ class Linear(Op):
 
     name = "linear"
     attrs = {
-        "out": Attr(REQUIRED, "output features", "int"),
+        "out": Attr(REQUIRED, "output features", "int", min=1),
         "bias": Attr(True, "learn a bias per output feature", "bool"),
     }
 

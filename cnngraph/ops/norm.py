@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from .. import limits
 from . import register
 from .base import Attr, Op, ShapeError
 from .tensor import fmt, need_positive
@@ -18,8 +19,8 @@ class BatchNorm(Op):
 
     name = "batch_norm"
     attrs = {
-        "eps": Attr(1e-5, "added to the variance", "float"),
-        "momentum": Attr(0.1, "running-statistics update rate", "float"),
+        "eps": Attr(1e-5, "added to the variance", "float", positive=True),
+        "momentum": Attr(0.1, "running-statistics update rate", "float", min=0, max=1),
     }
 
     def infer(self, node, ins):
@@ -51,10 +52,12 @@ class LRN(Op):
 
     name = "lrn"
     attrs = {
-        "size": Attr(5, "window: channels (across) or n x n pixels (within, odd)", "int"),
-        "alpha": Attr(1e-4, "scale of the sum of squares (divided by the window size)", "float"),
-        "beta": Attr(0.75, "exponent", "float"),
-        "k": Attr(1.0, "additive constant (Caffe's within_channel: 1)", "float"),
+        "size": Attr(5, "window: channels (across) or n x n pixels (within, odd)", "int", min=1,
+                     max=limits.MAX_SIZE),
+        "alpha": Attr(1e-4, "scale of the sum of squares (divided by the window size)", "float",
+                      positive=True),
+        "beta": Attr(0.75, "exponent", "float", positive=True),
+        "k": Attr(1.0, "additive constant (Caffe's within_channel: 1)", "float", positive=True),
         "region": Attr("across_channels", "where the window lies", "str",
                        ("across_channels", "within_channel")),
     }

@@ -15,8 +15,9 @@ from .base import REQUIRED, Attr, Call, Op, ShapeError
 from .conv import effective, sliding_output
 from .tensor import need_map, need_positive
 
-_KERNEL = Attr(REQUIRED, "window: k or [kh, kw]", "ints")
-_STRIDE = Attr(None, "stride: s or [sh, sw]; unset: the kernel (non-overlapping)", "ints")
+_KERNEL = Attr(REQUIRED, "window: k or [kh, kw]", "ints", min=1)
+_STRIDE = Attr(None, "stride: s or [sh, sw]; unset: the kernel (non-overlapping)", "ints",
+               min=1)
 _PADDING = Attr(0, "implicit padding on each side (at most half the kernel): p or [ph, pw]",
                 "ints")
 _CEIL = Attr(False, "round the output size up (Caffe); the last window must still start "
@@ -51,7 +52,7 @@ class MaxPool2d(Op):
 
     name = "max_pool2d"
     attrs = {"kernel": _KERNEL, "stride": _STRIDE, "padding": _PADDING,
-             "dilation": Attr(1, "dilation: d or [dh, dw]", "ints"), "ceil_mode": _CEIL}
+             "dilation": Attr(1, "dilation: d or [dh, dw]", "ints", min=1), "ceil_mode": _CEIL}
 
     def infer(self, node, ins):
         return _pool_infer("max_pool2d", node, ins[0], node.attrs["dilation"])
@@ -123,7 +124,7 @@ class GlobalAvgPool2d(Op):
 def adaptive_bins(n: int, out: int) -> tuple[int, float]:
     """(widest bin, mean stride) of PyTorch's adaptive pooling of n cells into out bins: bin i
     covers [floor(i*n/out), ceil((i+1)*n/out))."""
-    widest = max(-(-(i + 1) * n // out) - i * n // out for i in range(out))
+    widest = -(-(n + out - math.gcd(n, out)) // out)  # bin i starts at (i*n mod out)/out of a cell
     return widest, n / out
 
 
@@ -134,7 +135,7 @@ class AdaptiveAvgPool2d(Op):
     size divides the input; global for size 1)."""
 
     name = "adaptive_avg_pool2d"
-    attrs = {"size": Attr(REQUIRED, "output size: s or [sh, sw]", "ints")}
+    attrs = {"size": Attr(REQUIRED, "output size: s or [sh, sw]", "ints", min=1)}
 
     def infer(self, node, ins):
         need_positive(node, "size")
@@ -191,7 +192,7 @@ class Subsample2d(Op):
     coefficient per map, plus a bias per map (2*C parameters)."""
 
     name = "subsample2d"
-    attrs = {"kernel": Attr(2, "window: k or [kh, kw]", "ints"), "stride": _STRIDE}
+    attrs = {"kernel": Attr(2, "window: k or [kh, kw]", "ints", min=1), "stride": _STRIDE}
 
     def infer(self, node, ins):
         need_positive(node, "kernel", "stride")

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .. import limits
 from ..graph import BATCH, Node, Shape
 from . import register
 from .base import REQUIRED, Attr, Call, Op, ShapeError
@@ -91,7 +92,8 @@ class Dropout(Op):
     inference (removed by the dropout-removal pass)."""
 
     name = "dropout"
-    attrs = {"p": Attr(0.5, "probability of zeroing an element, in [0, 1)", "float")}
+    attrs = {"p": Attr(0.5, "probability of zeroing an element, in [0, 1)", "float", min=0,
+                       max=1)}
 
     def infer(self, node, ins):
         if not 0.0 <= node.attrs["p"] < 1.0:
@@ -112,7 +114,7 @@ class Flatten(Op):
 
     name = "flatten"
     attrs = {"start_dim": Attr(1, "first dimension to flatten (1 = everything but the batch)",
-                               "int")}
+                               "int", min=1, max=3)}
 
     def infer(self, node, ins):
         (shape,) = ins
@@ -208,7 +210,8 @@ class Concat(Op):
     dimension must agree."""
 
     name = "concat"
-    attrs = {"axis": Attr(1, "dimension to concatenate along (1 = channels)", "int")}
+    attrs = {"axis": Attr(1, "dimension to concatenate along (1 = channels)", "int", min=1,
+                          max=3)}
     min_inputs, max_inputs = 2, None
 
     def infer(self, node, ins):
@@ -237,8 +240,9 @@ def upsample_scale(node: Node) -> tuple[float, float]:
     scale = node.attrs["scale"]
     values = scale if isinstance(scale, (list, tuple)) else (scale, scale)
     if (len(values) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, float))
-                                or v <= 0 for v in values)):
-        raise ShapeError(f"upsample scale must be a positive number or [sh, sw], got {scale!r}")
+                                or not 0 < v <= limits.MAX_SIZE for v in values)):
+        raise ShapeError(f"upsample scale must be a number in (0, {limits.MAX_SIZE:,}] or "
+                         f"[sh, sw], got {limits.describe(scale)}")
     return values[0], values[1]
 
 

@@ -60,14 +60,15 @@ def measure(fn: Callable[[], object], batch: int, engine: str, *, warmup: int = 
     return best
 
 
-def model_input_shape(model_path: str | Path) -> list:
-    """The first graph input's dimensions (an int, or a name for a symbolic one), read without
-    starting onnxruntime."""
-    import onnx
-    graph = onnx.load(str(model_path), load_external_data=False).graph
+def model_input_shapes(model_path: str | Path) -> dict[str, list]:
+    """Every graph input's dimensions (an int, or a name for a symbolic one), by name in the
+    model's order, read without starting onnxruntime."""
+    from ..files import read_onnx
+    graph = read_onnx(model_path).graph
     weights = {t.name for t in graph.initializer}
-    first = next(i for i in graph.input if i.name not in weights)
-    return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in first.type.tensor_type.shape.dim]
+    return {i.name: [d.dim_value if d.HasField("dim_value") else d.dim_param
+                     for d in i.type.tensor_type.shape.dim]
+            for i in graph.input if i.name not in weights}
 
 
 def compare(module, model_path: str | Path, batch_sizes: list[int], *, device: str = "cpu",
@@ -89,14 +90,13 @@ def compare(module, model_path: str | Path, batch_sizes: list[int], *, device: s
     on_cuda = resolve_device(device) == CUDA
     tdev = torch.device("cuda" if on_cuda else "cpu")
     sync = torch.cuda.synchronize if on_cuda else None
-    dims = model_input_shape(model_path)
+    shapes = model_input_shapes(model_path)
+    dims = next(iter(shapes.values()))
     fixed = dims[0] if dims and isinstance(dims[0], int) and dims[0] > 0 else None
     if fixed is not None and set(batch_sizes) != {fixed}:
         raise InputError(f"{model_path}: exported with a fixed batch of {fixed}; time it with "
                          f"--batch-sizes {fixed} (or export it with a dynamic batch)")
-    inputs = {b: np.random.default_rng(seed).standard_normal(
-        [b] + [d if isinstance(d, int) and d > 0 else 1 for d in dims[1:]]).astype(np.float32)
-        for b in batch_sizes}
+    inputs = {b: _random_inputs(shapes, b, seed) for b in batch_sizes}  # a list: one per input
     eager_rows: dict[int, list[Timing]] = {b: [] for b in batch_sizes}
     references: dict[int, np.ndarray] = {}
     if module is not None:
@@ -104,23 +104,23 @@ def compare(module, model_path: str | Path, batch_sizes: list[int], *, device: s
         compiled = None
         with torch.inference_mode():
             for batch, x in inputs.items():
-                xt = torch.from_numpy(x).to(tdev)
-                references[batch] = _first(module.float()(xt)).float().cpu().numpy()
-                runner, xr = (module.half(), xt.half()) if fp16 else (module, xt)
-                eager = measure(lambda: runner(xr), batch, "torch eager", sync=sync, **timing)
+                xt = [torch.from_numpy(a).to(tdev) for a in x]
+                references[batch] = _first(module.float()(*xt)).float().cpu().numpy()
+                runner, xr = (module.half(), [t.half() for t in xt]) if fp16 else (module, xt)
+                eager = measure(lambda: runner(*xr), batch, "torch eager", sync=sync, **timing)
                 eager_rows[batch].append(eager)
                 if compile:
                     if compiled is None:
                         compiled = torch.compile(runner)
                     try:
-                        out = _first(compiled(xr)).float().cpu().numpy()
+                        out = _first(compiled(*xr)).float().cpu().numpy()
                     except Exception as exc:  # noqa: BLE001 - inductor raises many kinds
                         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                         raise InputError(f"torch.compile failed here ({type(exc).__name__}: "
                                          f"{first[:160]}); on CPU it needs a working C++ "
                                          "compiler, on CUDA Triton: run without --compile"
                                          ) from None
-                    t = measure(lambda: compiled(xr), batch, "torch.compile", sync=sync, **timing)
+                    t = measure(lambda: compiled(*xr), batch, "torch.compile", sync=sync, **timing)
                     eager_rows[batch].append(_against(t, eager, out, references[batch]))
         module.float()
     predictor = Predictor(model_path, "cuda" if on_cuda else "cpu", fp16=fp16, cuda_graph=cuda_graph)
@@ -128,12 +128,12 @@ def compare(module, model_path: str | Path, batch_sizes: list[int], *, device: s
     for batch, x in inputs.items():
         eager = eager_rows[batch][0] if eager_rows[batch] else None
         if on_cuda:   # inputs and outputs stay on the GPU (IO binding), as a pipeline would
-            xt = torch.from_numpy(x).to(tdev)
-            out = predictor.run_torch(xt)[0].float().cpu().numpy()
-            t = measure(lambda: predictor.run_torch(xt), batch, "onnxruntime", sync=sync, **timing)
+            xt = [torch.from_numpy(a).to(tdev) for a in x]
+            out = predictor.run_torch(*xt)[0].float().cpu().numpy()
+            t = measure(lambda: predictor.run_torch(*xt), batch, "onnxruntime", sync=sync, **timing)
         else:
-            out = predictor.run(x)[0]
-            t = measure(lambda: predictor.run(x), batch, "onnxruntime", **timing)
+            out = predictor.run(*x)[0]
+            t = measure(lambda: predictor.run(*x), batch, "onnxruntime", **timing)
         rows += eager_rows[batch] + [_against(t, eager, out, references.get(batch))]
     if macs:  # how close each engine comes to the machine's arithmetic peak
         for row in rows:
@@ -151,6 +151,15 @@ def busy_note() -> str | None:
         return None
     return (f"note: load average {load:.1f} on {cores} cores; other processes compete for the "
             "cores, so timings (PyTorch's most) may read slow")
+
+
+def _random_inputs(shapes: dict[str, list], batch: int, seed: int) -> list[np.ndarray]:
+    """Seeded standard-normal float32 inputs at this batch, one per model input (a symbolic
+    dim other than the batch taken as 1)."""
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal([batch] + [d if isinstance(d, int) and d > 0 else 1
+                                           for d in dims[1:]]).astype(np.float32)
+            for dims in shapes.values()]
 
 
 def _first(out):

@@ -13,19 +13,24 @@ Both are (C, H, W) or (N, C, H, W).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import logging
+import zipfile
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError
 
+log = logging.getLogger("cnngraph.runtime")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 @dataclass(frozen=True)
 class ModelMeta:
-    """The `cnngraph.*` metadata of an exported model (all optional for foreign models)."""
+    """The `cnngraph.*` metadata of an exported model (all optional for foreign models).
+    `input_shape`, `mean` and `std` describe a single-input model's input; `inputs` holds one
+    ModelMeta per input (name -> its shape, mean and std), which `for_input` picks."""
     input_shape: tuple[int, ...] | None = None      # C, H, W
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
@@ -33,6 +38,7 @@ class ModelMeta:
     spec: dict | None = None
     version: str | None = None
     extra: dict = field(default_factory=dict)
+    inputs: dict[str, ModelMeta] = field(default_factory=dict)
 
     @classmethod
     def from_props(cls, props: dict[str, str], where: str = "model") -> ModelMeta:
@@ -48,12 +54,48 @@ class ModelMeta:
             raise InputError(f"{where}: input layout {layout} is not supported (NCHW only)")
         shape, norm, classes = load("cnngraph.input_shape"), load("cnngraph.normalize"), load("cnngraph.classes")
         norm = norm or {}
+        inputs = _inputs_meta(load("cnngraph.inputs"), where)
+        if len(inputs) == 1 and shape is None:  # a model that records only cnngraph.inputs
+            (only,) = inputs.values()
+            shape, norm = only.input_shape, {"mean": only.mean, "std": only.std}
         return cls(input_shape=tuple(shape) if shape else None,
-                   mean=tuple(norm["mean"]) if "mean" in norm else None,
-                   std=tuple(norm["std"]) if "std" in norm else None,
+                   mean=tuple(norm["mean"]) if norm.get("mean") else None,
+                   std=tuple(norm["std"]) if norm.get("std") else None,
                    classes=tuple(classes) if classes else None,
                    spec=load("cnngraph.spec"), version=props.get("cnngraph.version"),
-                   extra={k: v for k, v in props.items() if not k.startswith("cnngraph.")})
+                   extra={k: v for k, v in props.items() if not k.startswith("cnngraph.")},
+                   inputs=inputs)
+
+    def for_input(self, name: str) -> ModelMeta:
+        """The metadata of input `name`: its own entry of `cnngraph.inputs`, or for a model
+        exported before that key (single input) this one."""
+        if not self.inputs:
+            return self
+        return replace(self.inputs.get(name, ModelMeta()), classes=self.classes, spec=self.spec,
+                       version=self.version, extra=self.extra, inputs=self.inputs)
+
+
+def _inputs_meta(entries, where: str) -> dict[str, ModelMeta]:
+    """`cnngraph.inputs` ([{name, shape, mean?, std?}, ...]) as name -> ModelMeta."""
+    if entries is None:
+        return {}
+
+    def numbers(value, ints: bool) -> bool:
+        kinds = int if ints else (int, float)
+        return isinstance(value, list) and all(
+            isinstance(v, kinds) and not isinstance(v, bool) for v in value)
+
+    out = {}
+    for entry in entries if isinstance(entries, list) else [entries]:
+        if not (isinstance(entry, dict) and isinstance(entry.get("name"), str)
+                and numbers(entry.get("shape"), True)
+                and all(numbers(entry.get(k, []), False) for k in ("mean", "std"))):
+            raise InputError(f"{where}: metadata cnngraph.inputs is malformed (want a list of "
+                             f"{{name, shape, mean, std}}): {str(entries)[:80]!r}")
+        out[entry["name"]] = ModelMeta(input_shape=tuple(entry["shape"]),
+                                       mean=tuple(entry["mean"]) if entry.get("mean") else None,
+                                       std=tuple(entry["std"]) if entry.get("std") else None)
+    return out
 
 
 def normalize(pixels: np.ndarray, meta: ModelMeta) -> np.ndarray:
@@ -73,22 +115,31 @@ def normalize(pixels: np.ndarray, meta: ModelMeta) -> np.ndarray:
 
 
 def load_image(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
-    """One image file -> uint8 (C, H, W) following the image rule above."""
-    from PIL import Image, UnidentifiedImageError
+    """One image file -> uint8 (C, H, W) following the image rule above (the shared reader,
+    cnngraph.files.read_image); each conversion beyond a lossless decode is logged as a note."""
+    from ..files import read_image
     channels, height, width = shape
     modes = {1: "L", 3: "RGB", 4: "RGBA"}
     if channels not in modes:
         raise InputError(f"{path}: images can feed 1-, 3- or 4-channel inputs; the model takes "
                          f"{channels} channels (pass a .npy instead)")
-    try:
-        with Image.open(path) as im:
-            im = im.convert(modes[channels])
-            if im.size != (width, height):
-                im = im.resize((width, height), Image.Resampling.BILINEAR)
-            pixels = np.asarray(im, dtype=np.uint8)
-    except (OSError, UnidentifiedImageError) as exc:
-        raise InputError(f"{path}: cannot read it as an image ({exc})") from None
+    pixels, notes = read_image(path, modes[channels], (height, width))
+    for note in notes:
+        log.warning("note: %s: %s", path, note)
     return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+
+
+def _check_polarity(path: Path, pixels: np.ndarray, meta: ModelMeta) -> None:
+    """Warn about an image whose brightness is the mirror of the training images' (the model's
+    normalize mean): a dark digit on a light background fed to a model trained on MNIST's
+    light-on-dark digits is confidently misread. Only warned: the image is fed as it is."""
+    if not meta.mean:
+        return
+    trained, seen = float(np.mean(meta.mean)), float(pixels.mean()) / 255
+    if abs(seen - trained) > 0.4 and abs(1 - seen - trained) < 0.2:
+        log.warning("warning: %s: mean brightness %.2f, where the model's training images "
+                    "average %.2f: inverted (dark on light where it learned light on dark, or "
+                    "the reverse)? invert it if so (PIL.ImageOps.invert)", path, seen, trained)
 
 
 def _as_batch(array: np.ndarray, where: str, expected: tuple[int, ...] | None) -> np.ndarray:
@@ -115,7 +166,21 @@ def _array_input(array: np.ndarray, where: str, meta: ModelMeta,
                  expected: tuple[int, ...] | None) -> np.ndarray:
     if array.dtype != np.uint8 and not np.issubdtype(array.dtype, np.floating):
         raise InputError(f"{where}: dtype {array.dtype} is neither uint8 pixels nor floats")
-    return normalize(_as_batch(array, where, expected), meta)
+    batch = _as_batch(array, where, expected)
+    if array.dtype != np.uint8:
+        finite = np.isfinite(batch)
+        if not finite.all():
+            bad = np.flatnonzero(~finite.reshape(len(batch), -1).all(axis=1)).tolist()
+            log.warning("warning: %s: %d NaN or inf value(s), in sample(s) %s%s", where,
+                        int((~finite).sum()), bad[:10], " ..." if len(bad) > 10 else "")
+        if finite.any():
+            low, high = float(batch[finite].min()), float(batch[finite].max())
+            if low < -0.01 or high > 1.01:
+                log.warning("warning: %s: float values span [%.3g, %.3g]; float arrays are read "
+                            "as pixels in [0, 1] and normalised with the model's mean/std, so "
+                            "pass raw pixels (uint8, or floats / 255), not normalised ones",
+                            where, low, high)
+    return normalize(batch, meta)
 
 
 def load_inputs(paths: list[Path], meta: ModelMeta, input_name: str,
@@ -134,7 +199,9 @@ def load_inputs(paths: list[Path], meta: ModelMeta, input_name: str,
             if expected is None:
                 raise InputError(f"{path}: the model has no cnngraph.input_shape metadata, so "
                                  f"images cannot be resized for it; pass a .npy")
-            batch = normalize(load_image(path, tuple(expected))[None], meta)
+            pixels = load_image(path, tuple(expected))
+            _check_polarity(path, pixels, meta)
+            batch = normalize(pixels[None], meta)
         elif suffix in (".npy", ".npz"):
             batch = _array_input(_read_array(path, input_name), str(path), meta, expected)
         else:
@@ -151,15 +218,81 @@ def _read_array(path: Path, input_name: str) -> np.ndarray:
     only array it holds. Never unpickles."""
     try:
         data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read it as a NumPy file ({exc})") from None
+        if isinstance(data, np.ndarray):
+            return data
+        with data:
+            key = next((k for k in (input_name, "x") if k in data.files),
+                       data.files[0] if len(data.files) == 1 else None)
+            if key is None:
+                raise InputError(f"{path}: holds arrays {data.files}; name the input array "
+                                 f"'{input_name}' or 'x'")
+            return data[key]
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - numpy and zipfile raise OSError, ValueError
+        # (object arrays: never unpickled), BadZipFile, EOFError, zlib.error on damaged files
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{path}: cannot read it as a NumPy file ({reason})") from None
+
+
+def load_named_inputs(paths: list[Path], meta: ModelMeta, expected: dict[str, tuple[int, ...] | None]
+                      ) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Files -> one float32 batch per input of a model with several inputs (`expected`: input
+    name -> (C, H, W), or None where unknown), and a label per sample. Each file is an .npz
+    holding one array per input name, each (C, H, W) or (N, C, H, W) with the same N; every
+    array follows the array rule above with its own input's mean and std."""
+    names = list(expected)
+    wanted = ", ".join(f"{n} {expected[n] or '(C, H, W)'}" for n in names)
+    how = f"np.savez(path, {', '.join(f'{n}=...' for n in names)})"
+    batches: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    labels: list[str] = []
+    for path in map(Path, paths):
+        problem = ("is a directory" if path.is_dir() else "no such file" if not path.is_file()
+                   else None if path.suffix.lower() == ".npz" else "is not an .npz")
+        if problem:
+            raise InputError(f"{path}: {problem}; this model takes {len(names)} inputs ({wanted}): "
+                             f"give .npz files holding one array per input name ({how})")
+        arrays = _read_named(path, names, wanted)
+        counts = set()
+        for name in names:
+            batch = _array_input(arrays[name], f"{path}[{name}]", meta.for_input(name), expected[name])
+            batches[name].append(batch)
+            counts.add(len(batch))
+        if len(counts) != 1:
+            sizes = ", ".join(f"{n} {len(batches[n][-1])}" for n in names)
+            raise InputError(f"{path}: its arrays hold different numbers of samples ({sizes}); "
+                             "give every input the same batch N")
+        (count,) = counts
+        labels += [path.name] if count == 1 else [f"{path.name}[{i}]" for i in range(count)]
+    if not labels:
+        raise InputError("no input files given")
+    return {n: np.concatenate(b) for n, b in batches.items()}, labels
+
+
+def _read_named(path: Path, names: list[str], wanted: str) -> dict[str, np.ndarray]:
+    """The arrays `names` of an .npz, exactly those (one InputError naming the missing and
+    extra ones otherwise). Never unpickles."""
+    unreadable = (OSError, ValueError, EOFError, zipfile.BadZipFile)
+    try:
+        data = np.load(path, allow_pickle=False)
+    except unreadable as exc:
+        raise InputError(f"{path}: cannot read it as a NumPy .npz file ({_first_line(exc)})") from None
     if isinstance(data, np.ndarray):
-        return data
+        raise InputError(f"{path}: holds one unnamed array (a .npy); this model takes {wanted}: "
+                         "save one array per input name with np.savez")
     with data:
-        for key in (input_name, "x"):
-            if key in data.files:
-                return data[key]
-        if len(data.files) == 1:
-            return data[data.files[0]]
-        raise InputError(f"{path}: holds arrays {data.files}; name the input array "
-                         f"'{input_name}' or 'x'")
+        missing = [n for n in names if n not in data.files]
+        extra = [n for n in data.files if n not in names]
+        if missing or extra:
+            said = "; ".join(f"{label} {', '.join(keys)}" for label, keys in
+                             (("missing", missing), ("unexpected", extra)) if keys)
+            raise InputError(f"{path}: holds arrays {', '.join(data.files) or 'none'} ({said}); "
+                             f"the model takes one array per input: {wanted}")
+        try:
+            return {n: data[n] for n in names}
+        except unreadable as exc:  # a damaged member, an object array (pickles are refused)
+            raise InputError(f"{path}: cannot read its arrays ({_first_line(exc)})") from None
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -102,6 +102,7 @@ def check_placement(model_path: str | Path, device: str = "cuda", **options) -> 
 
 
 def _function_names(model_path: Path) -> list[str]:
-    model = onnx.load(str(model_path), load_external_data=False)
+    from ..files import read_onnx
+    model = read_onnx(model_path)
     # longest first, so a function named like the prefix of another is not matched by mistake
     return sorted({f.name for f in model.functions}, key=len, reverse=True)

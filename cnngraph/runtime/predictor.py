@@ -64,6 +64,8 @@ class Predictor:
         except InputError:
             if fp16:  # a copy that does not load is not kept for the next call
                 source.unlink(missing_ok=True)
+            from ..files import read_onnx
+            read_onnx(path)  # bytes that are not ONNX: the message every command gives
             raise
         if on_cuda and CUDA not in self.session.get_providers():
             raise InputError(f"{path}: onnxruntime did not start its CUDA provider for this model")

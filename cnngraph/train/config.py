@@ -55,13 +55,30 @@ class TrainConfig:
         return {**asdict(self), "augment": list(self.augment)}
 
 
+DEFAULTS = TrainConfig()
+# the JSON types config.json may hold for a field, by the type of its default
+_KINDS = {int: (int,), float: (int, float), str: (str,), bool: (bool,), tuple: (list,),
+          type(None): ()}
+_NONE = {"lr": (int, float, type(None)), "train_samples": (int, type(None)),
+         "amp": (bool, type(None))}
+
 # Options that may differ when a run is resumed (where and how fast, not what is computed).
 RUNTIME_OPTIONS = {"device", "amp", "compile", "checkpoint_minutes"}
 
 
 def resumed_config(saved: dict, options: dict, run_dir: str) -> TrainConfig:
     """The saved config; an option given again must agree with it, except RUNTIME_OPTIONS."""
-    config = TrainConfig(**{f.name: saved[f.name] for f in fields(TrainConfig) if f.name in saved})
+    try:
+        values = {f.name: saved[f.name] for f in fields(TrainConfig) if f.name in saved}
+        for name, value in values.items():
+            kinds = _KINDS[type(getattr(DEFAULTS, name))] + _NONE.get(name, ())
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                raise TypeError(f"{name} is {value!r}")
+        config = TrainConfig(**values)
+    except (TypeError, ValueError, CnnGraphError) as exc:  # a value of the wrong type or range
+        raise CnnGraphError(f"{run_dir}/config.json: damaged ({exc}); it was not written this "
+                            f"way by `cnngraph train`: delete {run_dir} and train again, or "
+                            "train into a new --out") from None
     for name, value in options.items():
         if value is None or name in RUNTIME_OPTIONS:
             continue

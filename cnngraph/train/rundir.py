@@ -13,66 +13,112 @@ same folder, fsync, os.replace), so a kill at any moment leaves the old or the n
 """
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
 import pickle
-import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
-from safetensors.torch import load as load_safetensors, save as save_safetensors
+from safetensors.torch import save as save_safetensors
 
 from ..errors import CnnGraphError
+from ..files import atomic_write, writing
 
 SPEC, CONFIG, INFO, CHECKPOINT = "spec.yaml", "config.json", "info.json", "checkpoint.pt"
 LAST, BEST, METRICS, CURVES = "last.safetensors", "best.safetensors", "metrics.jsonl", "curves.png"
+LOCK = ".lock"  # flock-ed by the process that writes the run, for its whole life
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp alone makes files 0600
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def update(path: Path, data: bytes) -> None:
+    """Write `data` unless `path` already holds exactly it (a finished run resumed writes
+    nothing)."""
     try:
-        os.fchmod(fd, _FILE_MODE)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        if path.read_bytes() == data:
+            return
+    except OSError:
+        pass
+    atomic_write(path, data)
+
+
+def damaged(path: Path, reason: str) -> CnnGraphError:
+    """The one-line error for a run file that cannot be used as it is."""
+    return CnnGraphError(f"{path}: damaged ({reason}); it was not written this way by "
+                         f"`cnngraph train`: delete {path.parent} and train again, or train "
+                         "into a new --out")
+
+
+def json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2) + "\n").encode()
 
 
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, (json.dumps(obj, indent=2) + "\n").encode())
+    atomic_write(path, json_bytes(obj))
+
+
+# the keys info.json must hold, with their types
+INFO_KEYS = {"classes": list, "normalize": dict, "pixel_scale": (int, float),
+             "input_shape": list, "data": str, "train_samples": int, "val_samples": int}
+
+
+def read_json(path: Path, keys: dict[str, type | tuple] | None = None) -> dict:
+    """A JSON object; with `keys`, each of them present with its type."""
+    try:
+        obj = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise damaged(path, _first_line(exc)) from None
+    if not isinstance(obj, dict):
+        raise damaged(path, f"holds a {type(obj).__name__}, not a JSON object")
+    for key, kind in (keys or {}).items():
+        if not isinstance(obj.get(key), kind) or isinstance(obj.get(key), bool):
+            raise damaged(path, f"'{key}' is missing or not of type {_names(kind)}")
+    return obj
+
+
+def read_info(path: Path, keys: dict = INFO_KEYS) -> dict:
+    """info.json, checked: `keys` (all for training; the model's metadata for load_run)."""
+    info = read_json(path, {"normalize": dict, **keys})
+    norm = info["normalize"]
+    if not all(isinstance(norm.get(k), list) and all(isinstance(v, (int, float)) for v in norm[k])
+               for k in ("mean", "std")):
+        raise damaged(path, "'normalize' needs lists of numbers 'mean' and 'std'")
+    return info
+
+
+def spec_bytes(spec: dict) -> bytes:
+    return yaml.safe_dump(spec, sort_keys=False).encode()
 
 
 def write_spec(path: Path, spec: dict) -> None:
-    atomic_write(path, yaml.safe_dump(spec, sort_keys=False).encode())
+    atomic_write(path, spec_bytes(spec))
 
 
 def read_spec(path: Path) -> dict:
-    return yaml.safe_load(path.read_text())
+    try:
+        spec = yaml.safe_load(path.read_bytes())
+    except (OSError, yaml.YAMLError) as exc:
+        raise damaged(path, _first_line(exc)) from None
+    if not isinstance(spec, dict):
+        raise damaged(path, f"holds a {type(spec).__name__}, not a spec mapping")
+    return spec
+
+
+def weights_bytes(state_dict: dict[str, torch.Tensor]) -> bytes:
+    return save_safetensors({k: v.detach().to("cpu").contiguous().clone()
+                             for k, v in state_dict.items()})
 
 
 def write_weights(path: Path, state_dict: dict[str, torch.Tensor]) -> None:
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
-    atomic_write(path, save_safetensors(tensors))
+    atomic_write(path, weights_bytes(state_dict))
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    return load_safetensors(path.read_bytes())
+    from ..files import read_weights as read  # the one weights reader every command uses
+    return read(path)
 
 
 def write_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -85,19 +131,51 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     """The checkpoint, loaded with weights_only (no code from the file runs); our own one-line
     message for a file that needs more (torch's is long and holds terminal escape codes)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise CnnGraphError(f"{path}: holds pickled Python objects beyond tensors and plain "
                             "containers, which are not loaded (they could run code); it was "
                             "not written by `cnngraph train`") from None
     except (OSError, RuntimeError, EOFError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-        raise CnnGraphError(f"{path}: cannot read the checkpoint ({reason}); it is damaged, "
-                            "train into a new --out") from None
+        raise CnnGraphError(f"{path}: cannot read the checkpoint ({_first_line(exc)}); it is "
+                            "damaged, train into a new --out") from None
+    if not isinstance(state, dict) or not CHECKPOINT_KEYS <= state.keys():
+        keys = sorted(CHECKPOINT_KEYS - state.keys()) if isinstance(state, dict) else None
+        raise damaged(path, f"missing {', '.join(keys)}" if keys else "not a checkpoint")
+    return state
+
+
+CHECKPOINT_KEYS = {"model", "optimizer", "scheduler", "scaler", "epoch", "step", "world_size",
+                   "sums", "history", "best"}
+
+
+def metrics_bytes(history: list[dict]) -> bytes:
+    return "".join(json.dumps(row) + "\n" for row in history).encode()
 
 
 def write_metrics(path: Path, history: list[dict]) -> None:
-    atomic_write(path, "".join(json.dumps(row) + "\n" for row in history).encode())
+    atomic_write(path, metrics_bytes(history))
+
+
+@contextmanager
+def locked(run: Path):
+    """Holds RUN/.lock (flock) while the block runs, so that a second process writing the same
+    run is refused, naming the holder's PID. The kernel drops a flock when its process dies, so
+    the lock of a killed run never blocks."""
+    with writing(run / LOCK):
+        fd = os.open(run / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise CnnGraphError(f"{run} is in use by another cnngraph process (PID {holder}); "
+                                "wait for it to end, or train into another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def load_run(run_dir: str | Path):
@@ -114,10 +192,15 @@ def load_run(run_dir: str | Path):
                             f"{', '.join(missing + ([] if weights.exists() else [BEST]))}); "
                             "train one with `cnngraph train SPEC --out DIR`")
     graph = load(read_spec(run / SPEC))
-    info = json.loads((run / INFO).read_text())
+    info = read_info(run / INFO, {"classes": list})
     graph.meta.update(classes=info["classes"], normalize=info["normalize"])
     return graph, read_weights(weights), info
 
 
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text())
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else exc.__class__.__name__
+
+
+def _names(kind) -> str:
+    return " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shlex
 import signal
 import sys
 import threading
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -48,23 +49,55 @@ class Dist:
     def main(self) -> bool:
         return self.rank == 0
 
-    def all_sum(self, values: list[float], device) -> list[float]:
+    def all_sum(self, values: list[float], device, op=dist.ReduceOp.SUM) -> list[float]:
         if self.world == 1:
             return values
         t = torch.tensor(values, dtype=torch.float64, device=device)
-        dist.all_reduce(t)
+        with self.talking():
+            dist.all_reduce(t, op=op)
         return t.tolist()
 
     def barrier(self) -> None:
         if self.world > 1:
-            dist.barrier()
+            with self.talking():
+                dist.barrier()
 
     def broadcast(self, obj):
         if self.world == 1:
             return obj
         box = [obj]
-        dist.broadcast_object_list(box, src=0)
+        with self.talking():
+            dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    @contextmanager
+    def talking(self):
+        """Around anything that talks to the other processes (collectives, DDP's backward):
+        when one of them died, a one-line error naming it instead of the backend's trace."""
+        try:
+            yield
+        except dist.DistError as exc:  # DistBackendError, DistNetworkError, ... (RuntimeErrors)
+            raise self.lost(exc) from None
+        except RuntimeError as exc:  # gloo reports a closed connection as a plain RuntimeError
+            if self.world == 1 or not _PEER_GONE.search(str(exc)):
+                raise
+            raise self.lost(exc) from None
+
+    def lost(self, exc: BaseException) -> CnnGraphError:
+        others = [str(r) for r in range(self.world) if r != self.rank]
+        who = f"rank {others[0]}" if len(others) == 1 else f"one of ranks {', '.join(others)}"
+        # the backend's first sentence, without its source location: "[pair.cc:537] Read ..."
+        reason = re.sub(r"^\[[^\]]*\]\s*", "", (str(exc).strip().splitlines() or [""])[0])
+        reason = reason.split(". ")[0][:160] or type(exc).__name__
+        return CnnGraphError(f"rank {self.rank} of {self.world}: lost contact with {who}, which "
+                             f"stopped or was killed (see its own output; {reason}); the last "
+                             "checkpoint is intact: run the same torchrun command again with "
+                             "--resume")
+
+
+# how the backends word "the other process is gone"
+_PEER_GONE = re.compile(r"connection (closed|reset)|peer|broken pipe|timed? ?out|gloo|nccl|"
+                        r"socket|closed by", re.I)
 
 
 def _distributed(device: torch.device) -> Dist:
@@ -158,9 +191,10 @@ class _Progress:
     best: dict = field(default_factory=lambda: {"val_top1": -1.0, "epoch": 0})
 
 
-def _prepare_run_dir(graph: Graph, out, resume: bool, options: dict,
-                     ddp: Dist) -> tuple[Path, TrainConfig, dict | None]:
-    """The run directory and its config; on --resume the saved config and checkpoint."""
+def _prepare_run_dir(graph: Graph, out, resume: bool, options: dict, ddp: Dist,
+                     hold: ExitStack) -> tuple[Path, TrainConfig, dict | None]:
+    """The run directory and its config; on --resume the run's lock (held by `hold`, rank 0),
+    then the saved config and checkpoint."""
     from .. import load
 
     if out is None:
@@ -179,6 +213,8 @@ def _prepare_run_dir(graph: Graph, out, resume: bool, options: dict,
         return run, TrainConfig(**{k: v for k, v in options.items() if v is not None}), None
     if not (run / rd.CONFIG).exists() or not (run / rd.SPEC).exists():
         raise CnnGraphError(f"{run}: no run to resume here (no {rd.CONFIG} / {rd.SPEC})")
+    if ddp.main:
+        hold.enter_context(rd.locked(run))
     trained = load(rd.read_spec(run / rd.SPEC))
     if not _same_network(trained, graph):
         raise CnnGraphError(f"{run} was trained from spec '{trained.name}', not from "
@@ -225,40 +261,55 @@ def train(spec_or_graph, data: str | Dataset | None = None, *, out: str | Path |
     (a fraction), best_epoch, final_val_accuracy, final_val_top5, epochs, seconds,
     images_per_second and run_dir. `options` are TrainConfig fields (None = default, or the
     saved value on resume); `data` is a source name/path or a Dataset."""
-    from .. import build, load
+    from .. import load
 
     unknown = set(options) - set(TrainConfig.__dataclass_fields__) - {"data"}
     if unknown:
         raise TypeError(f"train() got unknown options: {', '.join(sorted(unknown))}")
     graph = spec_or_graph if isinstance(spec_or_graph, Graph) else load(spec_or_graph)
+    if len(graph.inputs) != 1:  # the datasets hold one image per sample
+        shapes = ", ".join(f"{k} {list(v)}" for k, v in graph.input_shapes.items())
+        raise DataError(f"'{graph.name}' has {len(graph.inputs)} inputs ({shapes}); `train` "
+                        "trains single-input classifiers only (one image per sample): train "
+                        "it with your own PyTorch loop on cnngraph.build(graph)")
     if data is not None:
         options["data"] = data.source if isinstance(data, Dataset) else str(data)
     device = _device(TrainConfig(device=options.get("device") or "auto"))
     ddp = _distributed(device)
     try:
-        run, config, state = _prepare_run_dir(graph, out, resume, options, ddp)
-        dataset = _load_dataset(data, graph, config)
-        info = rd.read_json(run / rd.INFO) if resume else _info(graph, dataset)
-        sizes = [len(dataset.y_train), len(dataset.y_val)]
-        if sizes != [info["train_samples"], info["val_samples"]]:
-            raise DataError(f"{run} was trained on {info['data']} ({info['train_samples']} + "
-                            f"{info['val_samples']} samples), not on {dataset.source} "
-                            f"({sizes[0]} + {sizes[1]}); resume with the same data")
-        ddp.barrier()  # every process has checked the run directory before rank 0 writes
-        if ddp.main:
-            _write_run_header(run, graph, config, info, resume)
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
-                _deterministic(config.deterministic):
-            torch.manual_seed(config.seed)
-            model = build(graph)
-            spec_arg = spec_or_graph if isinstance(spec_or_graph, (str, Path)) else run / rd.SPEC
-            loop = _Loop(graph, model, dataset, info, config, run, device, ddp, progress)
-            result = loop.run(state, _resume_command(spec_arg, run))
-        ddp.barrier()  # no rank tears the process group down while another still talks to it
-        return result
+        with ExitStack() as hold:  # the run's lock, from the first read (resume) or write
+            return _train(graph, spec_or_graph, data, out, resume, options, progress, device,
+                          ddp, hold)
     finally:
         if ddp.owned:
             dist.destroy_process_group()
+
+
+def _train(graph, spec_or_graph, data, out, resume, options, progress, device, ddp,
+           hold) -> dict:
+    """train() inside the ExitStack `hold` that keeps the run's lock until it returns."""
+    from .. import build
+
+    run, config, state = _prepare_run_dir(graph, out, resume, options, ddp, hold)
+    dataset = _load_dataset(data, graph, config)
+    info = rd.read_info(run / rd.INFO) if resume else _info(graph, dataset)
+    sizes = [len(dataset.y_train), len(dataset.y_val)]
+    if sizes != [info["train_samples"], info["val_samples"]]:
+        raise DataError(f"{run} was trained on {info['data']} ({info['train_samples']} + "
+                        f"{info['val_samples']} samples), not on {dataset.source} "
+                        f"({sizes[0]} + {sizes[1]}); resume with the same data")
+    ddp.barrier()  # every process has checked the run directory before rank 0 writes
+    if ddp.main:
+        _write_run_header(run, graph, config, info, resume, hold)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+            _deterministic(config.deterministic):
+        torch.manual_seed(config.seed)
+        model = build(graph)
+        spec_arg = spec_or_graph if isinstance(spec_or_graph, (str, Path)) else run / rd.SPEC
+        loop = _Loop(graph, model, dataset, info, config, run, device, ddp, progress)
+        result = loop.run(state, _resume_command(spec_arg, run))
+    ddp.barrier()  # no rank tears the process group down while another still talks to it
+    return result
 
 
 def _info(graph: Graph, dataset: Dataset) -> dict:
@@ -270,19 +321,35 @@ def _info(graph: Graph, dataset: Dataset) -> dict:
 
 
 def _write_run_header(run: Path, graph: Graph, config: TrainConfig, info: dict,
-                      resume: bool) -> None:
-    try:
-        run.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CnnGraphError(f"--out {run}: cannot create the run directory "
-                            f"({exc.strerror}); choose a writable place") from None
+                      resume: bool, hold: ExitStack) -> None:
+    """spec.yaml, info.json, then config.json (the mark of a run); a new run first takes the
+    lock and checks again that no other process made a run here meanwhile."""
+    if not resume:
+        try:
+            run.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CnnGraphError(f"--out {run}: cannot create the run directory "
+                                f"({exc.strerror}); choose a writable place") from None
+        hold.enter_context(rd.locked(run))
+        if (run / rd.CONFIG).exists():
+            raise CnnGraphError(f"{run} already holds a run (written meanwhile by another "
+                                "process); add --resume to continue it, or choose another --out")
     for stale in run.glob(".*.tmp"):  # half-written by a killed run: never read, removed
         stale.unlink()
     if not resume:
         rd.write_spec(run / rd.SPEC, graph.spec)
         rd.write_json(run / rd.INFO, info)
-    rd.write_json(run / rd.CONFIG, {**config.to_dict(), "spec_name": graph.name,
-                                    "torch": torch.__version__})
+    rd.update(run / rd.CONFIG, rd.json_bytes({**config.to_dict(), "spec_name": graph.name,
+                                              "torch": torch.__version__}))
+
+
+def _reached(moment: str, epoch: int, rank: int = 0) -> None:
+    """A named point between two writes of the run directory. For kill tests:
+    CNNGRAPH_KILL_AT=MOMENT:EPOCH ends the process there at once, as kill -9 would (under
+    torchrun, the process of rank CNNGRAPH_KILL_RANK, default 0)."""
+    if os.environ.get("CNNGRAPH_KILL_AT") == f"{moment}:{epoch}" and \
+            os.environ.get("CNNGRAPH_KILL_RANK", "0") == str(rank):
+        os._exit(137)
 
 
 @contextmanager
@@ -308,6 +375,8 @@ class _Loop:
         self.graph, self.config, self.run_dir = graph, config, run
         self.device, self.ddp = device, ddp
         self.show = progress and ddp.main
+        # bars redraw with \r and escape codes: only on a terminal; a log gets plain lines
+        self.bars = self.show and sys.stderr.isatty()
         self.raw = model.to(device)
         if device.type == "cuda":
             self.raw = self.raw.to(memory_format=torch.channels_last)
@@ -367,27 +436,75 @@ class _Loop:
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "epoch": p.epoch, "step": p.step, "world_size": self.ddp.world, "sums": sums,
             "history": p.history, "best": p.best})
+        _reached("checkpoint", p.epoch)
         rd.write_weights(self.run_dir / rd.LAST, self.raw.state_dict())
+        _reached("last", p.epoch)
 
     def _restore(self, state: dict) -> _Progress:
+        """The checkpoint's position and states, each checked against this run first."""
+        path = self.run_dir / rd.CHECKPOINT
         if state["step"] and state["world_size"] != self.ddp.world:
             raise CnnGraphError(f"{self.run_dir}: the checkpoint is inside an epoch of a "
                                 f"{state['world_size']}-process run; resume it with "
                                 f"{state['world_size']} processes")
-        self.raw.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        sums = {k: float(state["sums"][k]) if self.ddp.main else 0.0 for k in _Progress().sums}
-        return _Progress(state["epoch"], state["step"], sums, state["history"], state["best"])
+        model, expected = state["model"], self.raw.state_dict()
+        if not isinstance(model, dict) or model.keys() != expected.keys():
+            names = set(model) if isinstance(model, dict) else set()
+            odd = sorted(names ^ expected.keys())
+            raise rd.damaged(path, f"its weights are not those of '{self.graph.name}' "
+                                   f"(tensors {', '.join(odd[:3])}{'…' if len(odd) > 3 else ''} "
+                                   "missing or extra)")
+        for name, tensor in expected.items():
+            got = model[name]
+            if not isinstance(got, torch.Tensor) or got.shape != tensor.shape:
+                shape = list(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+                raise rd.damaged(path, f"tensor '{name}' is {shape}, the network needs "
+                                       f"{list(tensor.shape)}")
+        try:
+            epoch, step, history, best = (state[k] for k in ("epoch", "step", "history", "best"))
+            if not (0 <= epoch <= self.config.epochs and 0 <= step <= self.steps
+                    and len(history) == epoch and (step == 0 or epoch < self.config.epochs)):
+                raise ValueError(f"epoch {epoch} step {step} with {len(history)} epochs of "
+                                 f"history does not fit {self.config.epochs} epochs of "
+                                 f"{self.steps} steps")
+            best = {"val_top1": float(best["val_top1"]), "epoch": int(best["epoch"])}
+            history = [dict(row) for row in history]
+            sums = {k: float(state["sums"][k]) if self.ddp.main else 0.0
+                    for k in _Progress().sums}
+            self.raw.load_state_dict(model)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+            raise rd.damaged(path, str(exc).strip().splitlines()[0] if str(exc).strip()
+                             else type(exc).__name__) from None
+        return _Progress(epoch, step, sums, history, best)
+
+    def _rederive(self, p: _Progress) -> None:
+        """After a kill, the files written after the checkpoint may be missing or older:
+        rewrite each that differs from what the checkpoint says (last, best when it is the
+        checkpoint's epoch, metrics, curves), so a resumed run is whole before it goes on
+        (or, finished, returns). Files that already agree are not touched."""
+        if not self.ddp.main:
+            return
+        weights = rd.weights_bytes(self.raw.state_dict())
+        rd.update(self.run_dir / rd.LAST, weights)
+        if p.step == 0 and p.epoch and p.best["epoch"] == p.epoch:
+            rd.update(self.run_dir / rd.BEST, weights)
+        rd.update(self.run_dir / rd.METRICS, rd.metrics_bytes(p.history))
+        if p.history:
+            rd.update(self.run_dir / rd.CURVES, plot_curves(p.history, self.graph.name))
 
     # --- epochs ---------------------------------------------------------------------------
     def run(self, state: dict | None, resume_hint: str) -> dict:
         """Train to the configured end; on Ctrl-C, checkpoint and print `resume_hint`."""
-        p = self._restore(state) if state else _Progress()
+        p = _Progress()
+        if state:
+            p = self._restore(state)
+            self._rederive(p)
         flags = {"stop": False}
         epochs_bar = tqdm(total=self.config.epochs, initial=p.epoch, desc=self.graph.name,
-                          unit="epoch", disable=not self.show, file=sys.stderr)
+                          unit="epoch", disable=not self.bars, file=sys.stderr)
         with _stop_requests(flags):
             while p.epoch < self.config.epochs:
                 if not self._train_epoch(p, flags):
@@ -411,7 +528,7 @@ class _Loop:
         order = torch.tensor(list(self.sampler))
         self.model.train()
         bar = tqdm(total=self.steps, initial=p.step, desc=f"epoch {p.epoch + 1}", unit="batch",
-                   leave=False, disable=not self.show, file=sys.stderr)
+                   leave=False, disable=not self.bars, file=sys.stderr)
         started, seen_here, last_save = time.monotonic(), 0, time.monotonic()
         for step in range(p.step, self.steps):
             idx = order[step * self.rank_batch:(step + 1) * self.rank_batch]
@@ -419,11 +536,12 @@ class _Loop:
             torch.manual_seed(seed)
             x = self._inputs(self.x_train[idx], torch.Generator().manual_seed(seed))
             y = self.y_train[idx].to(self.device, non_blocking=True)
-            with self._autocast():
-                logits = self.model(x)
-                loss = combined_loss(logits, y, self.train_outputs)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
+            with self.ddp.talking():  # DDP's forward and backward talk to the other ranks
+                with self._autocast():
+                    logits = self.model(x)
+                    loss = combined_loss(logits, y, self.train_outputs)
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
@@ -435,12 +553,13 @@ class _Loop:
             p.step, seen_here = step + 1, seen_here + n
             elapsed = time.monotonic() - started
             bar.update(1)
-            if self.show and (step % 10 == 0 or step + 1 == self.steps):
+            if self.bars and (step % 10 == 0 or step + 1 == self.steps):
                 bar.set_postfix(loss=f"{p.sums['loss'] / p.sums['seen']:.4f}",
                                 acc=f"{p.sums['top1'] / p.sums['seen']:.2%}",
                                 img_s=f"{seen_here * self.ddp.world / max(elapsed, 1e-9):.0f}")
             due = time.monotonic() - last_save > self.config.checkpoint_minutes * 60
             stop, save = self._agree(flags["stop"], due)
+            _reached("step", p.epoch, self.ddp.rank)
             if stop:
                 bar.close()
                 return False
@@ -455,8 +574,8 @@ class _Loop:
         """All processes stop / checkpoint at the same step (rank 0's clock decides saves)."""
         if self.ddp.world == 1:
             return stop, due
-        flags = torch.tensor([float(stop), float(due and self.ddp.main)], device=self.device)
-        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        flags = self.ddp.all_sum([float(stop), float(due and self.ddp.main)], self.device,
+                                 op=dist.ReduceOp.MAX)
         return bool(flags[0]), bool(flags[1])
 
     @torch.no_grad()
@@ -496,20 +615,23 @@ class _Loop:
             p.best = {"val_top1": val_top1, "epoch": p.epoch + 1}
         p.epoch, p.step = p.epoch + 1, 0
         p.sums = {k: 0.0 for k in p.sums}
-        if self.ddp.main:
-            if improved:
-                rd.write_weights(self.run_dir / rd.BEST, self.raw.state_dict())
+        # the checkpoint first: every later file of the epoch can be re-derived from it
         self._save(p)
         if not self.ddp.main:
             return
+        if improved:
+            rd.write_weights(self.run_dir / rd.BEST, self.raw.state_dict())
+        _reached("best", p.epoch)
         rd.write_metrics(self.run_dir / rd.METRICS, p.history)
+        _reached("metrics", p.epoch)
         rd.atomic_write(self.run_dir / rd.CURVES, plot_curves(p.history, self.graph.name))
+        _reached("curves", p.epoch)
         if self.show:
-            tqdm.write(f"epoch {row['epoch']}/{self.config.epochs}: train loss "
-                       f"{row['train_loss']:.4f} top-1 {row['train_top1']:.2%} | val loss "
-                       f"{val_loss:.4f} top-1 {val_top1:.2%} top-5 {val_top5:.2%} | "
-                       f"{row['images_per_second']:.0f} img/s, {row['seconds']:.1f} s",
-                       file=sys.stderr)
+            line = (f"epoch {row['epoch']}/{self.config.epochs}: train loss "
+                    f"{row['train_loss']:.4f} top-1 {row['train_top1']:.2%} | val loss "
+                    f"{val_loss:.4f} top-1 {val_top1:.2%} top-5 {val_top5:.2%} | "
+                    f"{row['images_per_second']:.0f} img/s, {row['seconds']:.1f} s")
+            (tqdm.write if self.bars else print)(line, file=sys.stderr)
 
     def _result(self, p: _Progress) -> dict:
         """The run's summary; seconds and images/s total the epochs' rows (the work done,

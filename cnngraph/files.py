@@ -1,0 +1,220 @@
+"""Files a user hands to a command or gets from one.
+
+Writing: every write goes to a temporary file beside the target and is renamed into place
+(os.replace), so a kill or a full disk leaves the old version or the new one, never half of one;
+the errors of the place written to (full disk, read-only, no permission) become one line naming
+the path and the fix.
+
+Reading: one reader each for models, weights and images, so that every command says the same
+one line about the same damaged file: `read_onnx` (infer, verify, bench), `read_weights`
+(export, verify, bench, a run's best weights), `read_image` (infer). Nothing read runs code:
+ONNX is protobuf, weights are safetensors or torch files loaded with weights_only."""
+from __future__ import annotations
+
+import errno
+import os
+import pickle
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import CnnGraphError, ExportError, InputError
+
+FIXES = {
+    errno.ENOSPC: "free some space there (nothing written before was lost) and run again",
+    errno.EDQUOT: "free some of your quota there (nothing written before was lost) and run again",
+    errno.EROFS: "the file system is read-only; choose a writable place",
+    errno.EACCES: "no permission to write there; choose a writable place or fix its permissions",
+    errno.EPERM: "no permission to write there; choose a writable place or fix its permissions",
+    errno.ENOENT: "its folder is missing and cannot be made there; choose another place",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; choose another place",
+}
+
+
+class WriteError(CnnGraphError):
+    """A place that cannot take the file (disk full, read-only, no permission)."""
+
+
+@contextmanager
+def writing(path: str | os.PathLike):
+    """Turns the OSErrors a user can fix (FIXES) into one WriteError naming `path`."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except OSError as exc:
+        if exc.errno not in FIXES:
+            raise
+        raise WriteError(f"cannot write {path}: {os.strerror(exc.errno)}; "
+                         f"{FIXES[exc.errno]}") from None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp alone makes files 0600
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """`data` into `path`: temporary file in the same folder, fsync, os.replace."""
+    path = Path(path)
+    with writing(path):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            os.fchmod(fd, _FILE_MODE)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+
+
+NOT_ONNX = "not an ONNX model file (write one with `cnngraph export`)"
+WEIGHT_FORMATS = ("cnngraph reads .safetensors files and torch.save'd state_dicts "
+                  "(torch.save(model.state_dict(), path))")
+
+
+def read_onnx(path: str | Path):
+    """The model's graph and metadata (external weights stay on disk), or one InputError for
+    a missing file or bytes that are not an ONNX model."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such model file")
+    try:
+        model = onnx.load_model(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - protobuf's DecodeError and friends: not a ModelProto
+        model = None
+    if model is None or not model.graph.output:  # an empty file parses as an empty ModelProto
+        raise InputError(f"{path}: {NOT_ONNX}")
+    return model
+
+
+def _format(path: Path) -> str | None:
+    """"safetensors" (by suffix, or an 8-byte header length and then the JSON header's '{'),
+    "torch" (a zip archive, or a legacy pickle's protocol byte), or None: neither."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if path.suffix.lower() == ".safetensors" or head[8:] == b"{":
+        return "safetensors"
+    return "torch" if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80" else None
+
+
+def read_weights(path: Path) -> dict:
+    """A state_dict (names -> tensors) from a safetensors or torch file, or one ExportError
+    naming the file and what is wrong: unreadable, pickled objects, not a state_dict, or
+    tensors holding NaN/inf (diverged training must not become a model that prints nan)."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"{path}: no such weights file")
+    kind = _format(path)
+    if kind is None:
+        raise ExportError(f"{path}: unreadable as weights (neither a safetensors nor a torch "
+                          f"file); {WEIGHT_FORMATS}")
+    try:
+        if kind == "safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" in str(exc):  # weights_only refused a class: not just tensors
+            raise ExportError(f"{path}: holds pickled Python objects, which are never loaded "
+                              f"(they could run code); {WEIGHT_FORMATS}") from None
+        raise ExportError(f"{path}: unreadable as weights (a damaged torch file); "
+                          f"{WEIGHT_FORMATS}") from None
+    except Exception as exc:  # noqa: BLE001 - a corrupt file: say which and why, in one line
+        raise ExportError(f"{path}: unreadable as weights ({_first_line(exc)}); "
+                          f"{WEIGHT_FORMATS}") from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        inner = next((k for k, v in state.items() if isinstance(v, dict)), None) \
+            if isinstance(state, dict) else None
+        hint = f"; it holds a dict under {inner!r}: save that one" if inner is not None else ""
+        raise ExportError(f"{path}: expected a state_dict (names -> tensors), as "
+                          f"`cnngraph train` writes (best.safetensors){hint}")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        named = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise ExportError(f"{path}: NaN or inf values in {named}; "
+                          "these weights cannot give a usable model (a diverged training? use "
+                          "an earlier checkpoint)")
+    return state
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0].split('. ')[0][:200]}" if text else type(exc).__name__
+
+
+MAX_PIXELS = 1 << 26  # 67 megapixels (8192 x 8192): larger images are refused before decoding
+_ALPHA = {"RGBA", "LA", "PA", "RGBa", "La"}
+_GRAY = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
+
+
+def read_image(path: Path, mode: str, size: tuple[int, int], error: type = InputError):
+    """One image file -> (uint8 array (H, W) or (H, W, C), notes): decoded by Pillow, turned
+    upright by its EXIF orientation, converted to `mode` ("L", "RGB" or "RGBA") and resized
+    bilinearly to `size` (H, W). `notes` says, one short phrase each, what was changed
+    beyond a lossless decode, so that a caller can tell the user. Any damage, and images over
+    MAX_PIXELS (a decompression bomb), raise one `error` line naming the file."""
+    import warnings
+
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    height, width = size
+    notes = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:  # Pillow's warnings become notes
+            warnings.simplefilter("always")
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                if im.width * im.height > MAX_PIXELS:
+                    raise error(f"{path}: image of {im.width}x{im.height} pixels, larger than "
+                                f"the {MAX_PIXELS:,} pixels read (a decompression bomb?); "
+                                "scale it down first")
+                if im.getexif().get(0x0112, 1) in range(2, 9):  # EXIF Orientation: not upright
+                    im = ImageOps.exif_transpose(im)
+                    notes.append("turned upright by its EXIF orientation")
+                source = im.mode
+                if source.startswith("I"):  # 16-bit: Pillow's convert would clip at 255
+                    scaled = np.asarray(im, dtype=np.float64) / 257
+                    im = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
+                    notes.append("16-bit -> 8-bit")
+                has_alpha = source in _ALPHA or "transparency" in im.info
+                changes = [text for cond, text in (
+                    (has_alpha and mode != "RGBA", "alpha dropped"),
+                    (mode != "L" and source in _GRAY, "1 channel repeated to 3"),
+                    (mode == "L" and source not in _GRAY, "colour to grayscale"),
+                    (mode == "RGBA" and not has_alpha, "opaque alpha added")) if cond]
+                if changes:
+                    notes.append(f"{source} -> {mode} ({', '.join(changes)})")
+                im = im.convert(mode)
+                if im.size != (width, height):
+                    notes.append(f"resized {im.width}x{im.height} -> {width}x{height}"
+                                 + (" (aspect ratio changed)"
+                                    if abs(im.width * height - im.height * width) > max(width, height)
+                                    else ""))
+                    im = im.resize((width, height), Image.Resampling.BILINEAR)
+                pixels = np.asarray(im, dtype=np.uint8)
+        notes += [f"Pillow: {str(w.message).strip().splitlines()[0]}" for w in caught if str(w.message).strip()]
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise error(f"{path}: image larger than the {MAX_PIXELS:,} pixels read (a "
+                    "decompression bomb?); scale it down first") from None
+    except error:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise OSError, SyntaxError,
+        # ValueError, struct.error, zlib.error... on damaged bytes: all mean "not readable"
+        raise error(f"{path}: cannot read it as an image ({_first_line(exc)})") from None
+    return pixels, notes
