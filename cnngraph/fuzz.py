@@ -233,6 +233,9 @@ def perturb(rng: random.Random, value: Any, names: list[str]) -> tuple[str, Any]
     """A value near the one there: numbers nudged or blown up, strings edited, lists resized."""
     if isinstance(value, bool):
         return "flip bool", rng.choice([not value, int(value), str(value).lower(), None])
+    if isinstance(value, int) and abs(value) > 2 ** 64:
+        new = rng.choice([value + 1, -value, 0, 1, [value], {"v": value}])
+        return f"huge int -> {_short(new)}", new
     if isinstance(value, int):
         new = rng.choice([value + 1, value - 1, 0, -value, -1, value * 1000, value ** 3,
                           value * 10 ** 20, float(value), value + 0.5, str(value), [value],
@@ -240,7 +243,8 @@ def perturb(rng: random.Random, value: Any, names: list[str]) -> tuple[str, Any]
         return f"int {value} -> {_short(new)}", new
     if isinstance(value, float):
         new = rng.choice([-value, 0.0, value * 1e300, value / 1e300, float("nan"), float("inf"),
-                          int(value), str(value), -1.0, 1.0, 2.0, 1e-12])
+                          int(value) if math.isfinite(value) else 0, str(value), -1.0, 1.0,
+                          2.0, 1e-12])
         return f"float {value} -> {_short(new)}", new
     if isinstance(value, str):
         other = rng.choice(names) if names else "x"
@@ -368,6 +372,53 @@ def cheapen(tree: Any) -> None:
 
 # ------------------------------------------------------------------------------------------
 # Mutations
+
+
+PLAUSIBLE = {  # attribute -> values of the right type and a sensible size: specs that load
+    "out": lambda r: r.choice([1, 2, 3, 4, 6, 8]),
+    "kernel": lambda r: r.choice([1, 2, 3, 4, 5, [1, 3], [3, 1], [2, 3]]),
+    "stride": lambda r: r.choice([1, 2, 3, [1, 2], [2, 1]]),
+    "padding": lambda r: r.choice([0, 1, 2, [0, 1], [1, 0], [0, 1, 1, 0], [1, 2, 0, 1], "same"]),
+    "dilation": lambda r: r.choice([1, 2, 3, [1, 2]]),
+    "groups": lambda r: r.choice([1, 2, 3, 4]),
+    "bias": lambda r: r.choice([True, False]),
+    "ceil_mode": lambda r: r.choice([True, False]),
+    "count_include_pad": lambda r: r.choice([True, False]),
+    "output_padding": lambda r: r.choice([0, 1, [0, 1], [1, 0]]),
+    "scale": lambda r: r.choice([1, 2, 3, 0.5, 1.5, 2.5, [1, 2], [2, 1], [1.5, 2]]),
+    "mode": lambda r: r.choice(["nearest", "bilinear"]),
+    "align_corners": lambda r: r.choice([True, False]),
+    "axis": lambda r: r.choice([0, 1, 2, 3, -1]),
+    "start_dim": lambda r: r.choice([0, 1, 2, 3]),
+    "size": lambda r: r.choice([1, 2, 3, 4, 5, [1, 2], [3, 1]]),
+    "alpha": lambda r: r.choice([1e-4, 0.5, 1.0, 2.0]),
+    "beta": lambda r: r.choice([0.5, 0.75, 1.0, 2.0]),
+    "k": lambda r: r.choice([0.5, 1.0, 2.0]),
+    "region": lambda r: r.choice(["across_channels", "within_channel"]),
+    "offset_groups": lambda r: r.choice([1, 2, 3]),
+    "modulated": lambda r: r.choice([True, False]),
+    "negative_slope": lambda r: r.choice([0.0, 0.2, 1.0, -0.5, 3.0]),
+    "p": lambda r: r.choice([0.0, 0.1, 0.9]),
+    "eps": lambda r: r.choice([1e-5, 1e-3, 0.5, 10.0]),
+    "momentum": lambda r: r.choice([0.0, 0.1, 1.0]),
+    "table": lambda r: r.choice([[[0]], [[0], [1]], [[0, 1], [1, 2], [0, 2]]]),
+    "repeat": lambda r: r.choice([0, 1, 2, 3]),
+    "when": lambda r: r.choice([True, False]),
+}
+
+
+def mutate_plausible(rng: random.Random, tree: Any) -> str:
+    """An op attribute changed (or added) to a value of the right type and a small size, so
+    that the spec often still loads and its network goes on to the build, export and run."""
+    layers = [entry for lst in layer_lists(tree) for entry in lst
+              if isinstance(entry, dict) and "op" in entry]
+    if not layers:
+        return mutate_value(rng, tree)
+    entry = rng.choice(layers)
+    known = [k for k in entry if k in PLAUSIBLE]
+    key = rng.choice(known) if known and rng.random() < 0.6 else rng.choice(sorted(PLAUSIBLE))
+    entry[key] = PLAUSIBLE[key](rng)
+    return f"plausible {entry.get('name')!r}.{key}: {_short(entry[key])}"
 
 
 def mutate_value(rng: random.Random, tree: Any) -> str:
@@ -662,8 +713,9 @@ def make_case(seed: int, index: int) -> Case:
     level = rng.choices(["none", "value", "structure", "text"], [0.04, 0.38, 0.3, 0.28])[0]
     count = rng.choice([1, 1, 1, 2, 3])
     if level in ("value", "structure"):
-        mutate = mutate_value if level == "value" else mutate_structure
         for _ in range(count):
+            mutate = (mutate_structure if level == "structure" else
+                      mutate_plausible if rng.random() < 0.4 else mutate_value)
             case.mutations.append(mutate(rng, tree))
         text = None
     if level == "text":
@@ -707,14 +759,12 @@ def _dump(tree: Any, form: str) -> str | None:
 
 def _expanded_size(tree: Any, limit: int = 20_000) -> int:
     """Items in `tree` with shared references counted each time (stops past `limit`)."""
-    count, stack = 0, [tree]
+    count, stack = 1, [tree] if isinstance(tree, (dict, list)) else []
     while stack and count <= limit:
         node = stack.pop()
-        count += 1
-        if isinstance(node, dict):
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
+        children = node.values() if isinstance(node, dict) else node
+        count += len(children)
+        stack.extend(c for c in children if isinstance(c, (dict, list)))
     return count
 
 
