@@ -674,10 +674,11 @@ class Case:
     data: Any = None  # the spec dict (form "dict") or the file text
     variant: Any = None
     input_shape: Any = None
+    cli: list[str] | None = None  # also run `cnngraph show FILE` + these options
 
     def describe(self) -> str:
         call = "".join(f", {k}={_short(v)}" for k, v in (("variant", self.variant),
-                       ("input_shape", self.input_shape)) if v is not None)
+                       ("input_shape", self.input_shape), ("cli show", self.cli)) if v is not None)
         return (f"seed {self.seed} case {self.index}: {self.source} as {self.form}{call}; "
                 + ("; ".join(self.mutations) or "unmutated"))
 
@@ -741,6 +742,11 @@ def make_case(seed: int, index: int) -> Case:
         case.input_shape = rng.choice([[3, 8, 8], [1, 3, 8, 8], [1, 8, 8], [0, 8, 8], [3, -1, 8],
                                        [3, 8], "3,8,8", [3.0, 8, 8], {"image": [3, 8, 8]},
                                        {"nope": [1]}, [3, 2 ** 62, 1], [True, 8, 8], None])
+    if case.form != "dict" and rng.random() < 0.15:
+        case.cli = rng.choice([[], [], ["--json"], ["--input-shape", "1,3,16,16"],
+                               ["--input-shape", "x"], ["--input-shape", "3,99999999999,1"]])
+        if isinstance(case.variant, str):
+            case.cli += ["--variant", case.variant]
     return case
 
 
@@ -830,6 +836,14 @@ def run_case(case: Case, workdir: str) -> dict:
             with open(file, "w", encoding="utf-8", errors="surrogatepass") as f:
                 f.write(case.data)
             target = file
+        if case.cli is not None:
+            result["stage"] = "cli"
+            problem = _cli_problem(["show", file, *case.cli])
+            if problem:
+                result.update(outcome="finding", error="CLI", where="cnngraph show",
+                              message=problem[:300], problem="`cnngraph show` output")
+                return result
+            result["stage"] = "load"
         kwargs = {k: v for k, v in (("variant", case.variant), ("input_shape", case.input_shape))
                   if v is not None}
         graph = cnngraph.load(target, **kwargs)
@@ -847,6 +861,28 @@ def run_case(case: Case, workdir: str) -> dict:
         if file is not None and os.path.exists(file):
             os.unlink(file)
     return result
+
+
+def _cli_problem(argv: list[str]) -> str | None:
+    """What is wrong with what `cnngraph ARGV` did, or None: it must exit 0, or 2 with one
+    line `cnngraph CMD: error: ...` on stderr; an exception escaping main is a traceback."""
+    import contextlib
+    import io
+
+    from cnngraph import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli.main(argv)
+    except Exception as exc:  # noqa: BLE001 - what the user would see as a traceback
+        return f"traceback: {type(exc).__name__}: {_safe_str(exc)} at {_where(exc)}"
+    text = err.getvalue()
+    if code == 0:
+        return None
+    if code != 2 or text.count("\n") != 1 or not text.startswith(f"cnngraph {argv[0]}: error: "):
+        return f"exit {code}, stderr {text[:200]!r}"
+    return None
 
 
 def _safe_str(exc: BaseException) -> str:
