@@ -279,7 +279,7 @@ def test_init_rules_by_op_and_by_layer_pattern():
     ({"conv2d": {"bias": "kaiming_normal_fan_in"}}, r"is for weights"),
     ({"batch_norm": {"weight": "pytorch"}}, r"give a number for a batch norm"),
     ({"layers": {"nothing*": {"bias": 0}}}, r"'nothing\*' names no layer"),
-    ({"conv2d": {"weight": float("nan")}}, r"unknown rule nan"),
+    ({"conv2d": {"weight": float("nan")}}, r"`meta.init.conv2d.weight`: nan is not a finite number"),
     ("kaiming", r"`meta.init` must map op names"),
 ])
 def test_init_errors_are_one_line_spec_errors_at_their_line(tmp_path, init, message):
