@@ -81,7 +81,8 @@ def _input_shapes(spec: Any, input_shape) -> dict[str, list[int]] | None:
     if not isinstance(input_shape, dict):
         if len(declared) != 1:
             raise InputError(f"the spec has {len(declared)} inputs ({', '.join(declared)}): "
-                             "give input_shape as a dict name -> shape")
+                             "give input_shape as a dict name -> shape (Python), or change the "
+                             "spec's `inputs:` (--input-shape takes single-input specs)")
         input_shape = {next(iter(declared)): input_shape}
     shapes = {}
     for name, shape in input_shape.items():
