@@ -489,3 +489,10 @@ def test_the_cli_prints_any_error_on_one_line(monkeypatch, capsys):
     monkeypatch.setattr(show, "run", run)
     assert main(["show", "x"]) == 2
     assert capsys.readouterr().err == "cnngraph show: error: file 'a\\nb\\x1b[2J' is odd\n"
+
+
+def test_text_with_many_expressions_is_bounded_as_a_whole():
+    spec = copy.deepcopy(SPEC)
+    spec["params"]["doc"] = "${'x' * 100000}-" * 60_000  # 60,000 parts of 100,000 characters
+    with pytest.raises(SpecError, match="^doc: the text .* becomes longer than 100,000 char"):
+        cnngraph.load(spec)
