@@ -223,6 +223,7 @@ class Expander:
             raise self.error("`outputs` must be a list of layer names or "
                              "{name, from, phase, loss_weight} mappings", spec, key="outputs")
         outputs: list[Output] = []
+        names: set[str] = set()
         for raw_entry in raw:
             mapping, key = (raw_entry, None) if isinstance(raw_entry, dict) else (spec, "outputs")
             entry = self.value(raw_entry, env, mapping, None, "outputs")
@@ -245,8 +246,9 @@ class Expander:
                     or not math.isfinite(weight) or weight < 0):
                 raise self.error(f"output '{entry['name']}': loss_weight must be a number >= 0, "
                                  f"got {describe(weight)}", mapping, key="loss_weight")
-            if any(o.name == entry["name"] for o in outputs):
+            if entry["name"] in names:
                 raise self.error(f"duplicate output name '{entry['name']}': rename one", mapping)
+            names.add(entry["name"])
             source = entry.get("from", entry["name"])
             if not isinstance(source, str):
                 raise self.error(f"output '{entry['name']}': `from` must be a layer name, got "

@@ -496,3 +496,13 @@ def test_text_with_many_expressions_is_bounded_as_a_whole():
     spec["params"]["doc"] = "${'x' * 100000}-" * 60_000  # 60,000 parts of 100,000 characters
     with pytest.raises(SpecError, match="^doc: the text .* becomes longer than 100,000 char"):
         cnngraph.load(spec)
+
+
+def test_many_outputs_load_in_linear_time():
+    outputs = [{"name": f"o{i}", "from": "a"} for i in range(50_000)]
+    spec = {"name": "t", "input": [2], "layers": [{"name": "a", "op": "relu"}],
+            "outputs": outputs + [{"name": "o7", "from": "a"}]}
+    with pytest.raises(SpecError, match="duplicate output name 'o7'"):
+        cnngraph.load(spec)
+    spec["outputs"].pop()
+    assert len(cnngraph.load(spec).outputs) == 50_000
