@@ -6,13 +6,23 @@ parameters, MACs, receptive fields), built as PyTorch modules and exported to ON
 """
 from __future__ import annotations
 
-from .build import build
 from .compiler import load
 from .errors import CnnGraphError, DataError, ExportError, InputError, SpecError
 from .graph import Graph, Node, Output
 from .spec import SpecBuilder, layer, save_spec
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """`cnngraph.build`, imported on first use: it brings torch (2-3 s), which loading, checking
+    and `cnngraph show` do without."""
+    if name == "build":
+        from .build import build  # importing the submodule binds `cnngraph.build` to it ...
+        globals()["build"] = build  # ... so bind the function again
+        return build
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["load", "build", "save_spec", "SpecBuilder", "layer", "Graph", "Node", "Output",
            "CnnGraphError", "SpecError", "InputError", "DataError", "ExportError", "__version__"]

@@ -13,6 +13,7 @@ from . import limits, ops
 from .errors import SpecError
 from .expand import suggest
 from .graph import Graph, Node
+from .limits import describe
 from .ops import REQUIRED, ShapeError
 
 
@@ -35,7 +36,7 @@ def check_node(node: Node, exprs: dict[str, str] | None = None) -> None:
     defaults filled in), and it has an allowed number of inputs. `exprs`: the `$...` text of the
     attributes written as expressions, named in messages."""
     if not isinstance(node.op, str) or node.op not in ops.REGISTRY:
-        raise error(node, f"unknown op '{node.op}'{suggest(str(node.op), ops.REGISTRY)}: "
+        raise error(node, f"unknown op {describe(node.op)}{suggest(str(node.op), ops.REGISTRY)}: "
                           "`cnngraph ops` lists the ops")
     op = ops.REGISTRY[node.op]
     for key in node.attrs:

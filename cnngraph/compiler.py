@@ -13,6 +13,7 @@ from .analysis import analyse
 from .errors import InputError, SpecError
 from .expand import expand
 from .graph import Graph
+from .limits import describe
 from .spec import SUFFIXES, Source, SpecBuilder, read
 
 
@@ -75,16 +76,22 @@ def _input_shapes(spec: Any, input_shape) -> dict[str, list[int]] | None:
     if input_shape is None or not isinstance(spec, dict):
         return None
     declared = {"input": spec["input"]} if "input" in spec else spec.get("inputs") or {}
+    if not isinstance(declared, dict) or not all(isinstance(k, str) for k in declared):
+        return None  # a broken spec: expand names what is wrong with it
     if not isinstance(input_shape, dict):
         if len(declared) != 1:
             raise InputError(f"the spec has {len(declared)} inputs ({', '.join(declared)}): "
-                             "give input_shape as a dict name -> shape")
+                             "give input_shape as a dict name -> shape (Python), or change the "
+                             "spec's `inputs:` (--input-shape takes single-input specs)")
         input_shape = {next(iter(declared)): input_shape}
     shapes = {}
     for name, shape in input_shape.items():
         if name not in declared:
             raise InputError(f"input_shape names '{name}', but the spec's inputs are "
                              f"{', '.join(declared)}")
+        if not isinstance(shape, (list, tuple)):
+            raise InputError(f"input shape {describe(shape)} for '{name}': give a list "
+                             "of sizes, e.g. [3, 224, 224]")
         shape = list(shape)
         if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
             raise InputError(f"input shape {shape} for '{name}': every size, the batch too, "
@@ -130,8 +137,8 @@ def check_meta(graph: Graph, source: Source) -> None:
         return SpecError(message, file=source.file, line=source.line(mapping, key))
 
     if not isinstance(meta, dict):
-        raise fail(f"`meta` must be a mapping, got {meta!r}: write e.g. `meta: {{classes: [...], "
-                   "normalize: {mean: [...], std: [...]}}`")
+        raise fail(f"`meta` must be a mapping, got {describe(meta)}: write e.g. "
+                   "`meta: {classes: [...], normalize: {mean: [...], std: [...]}}`")
     if "normalize" in meta:
         normalize = meta["normalize"]
         channels = {n.name: n.shape[1] for n in graph.inputs}
@@ -146,11 +153,11 @@ def check_meta(graph: Graph, source: Source) -> None:
         elif len(channels) > 1:
             raise fail(f"`meta.normalize` must give each input its own: {{{next(iter(channels))}: "
                        f"{{mean: [...], std: [...]}}, ...}} (the inputs are "
-                       f"{', '.join(channels)}), got {normalize!r}", meta, "normalize")
+                       f"{', '.join(channels)}), got {describe(normalize)}", meta, "normalize")
         else:
             if not isinstance(normalize, dict) or set(normalize) != {"mean", "std"}:
                 raise fail(f"`meta.normalize` must be {{mean: [...], std: [...]}}, got "
-                           f"{normalize!r}", meta, "normalize")
+                           f"{describe(normalize)}", meta, "normalize")
             _check_normalize(normalize, next(iter(channels.values())), "meta.normalize",
                              lambda message, key: fail(message, normalize, key))
     if "init" in meta:
@@ -158,8 +165,8 @@ def check_meta(graph: Graph, source: Source) -> None:
     if "classes" in meta:
         classes = meta["classes"]
         if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
-            raise fail(f"`meta.classes` must be a list of class names (strings), got {classes!r}"
-                       ": quote numbers, e.g. [\"0\", \"1\"]", meta, "classes")
+            raise fail(f"`meta.classes` must be a list of class names (strings), got "
+                       f"{describe(classes)}: quote numbers, e.g. [\"0\", \"1\"]", meta, "classes")
         width = graph.num_classes
         if width is not None and len(classes) != width:
             main = graph.active_outputs(False)[0].name
@@ -170,14 +177,15 @@ def check_meta(graph: Graph, source: Source) -> None:
 def _check_normalize(entry: dict, channels: int, where: str, fail) -> None:
     """`entry` is {mean: [...], std: [...]}: one number per channel (or one for all), std > 0."""
     if set(entry) != {"mean", "std"}:
-        raise fail(f"`{where}` must be {{mean: [...], std: [...]}}, got {entry!r}", None)
+        raise fail(f"`{where}` must be {{mean: [...], std: [...]}}, got {describe(entry)}", None)
     for key, values in entry.items():
         if (not isinstance(values, list) or len(values) not in (1, channels) or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
             raise fail(f"`{where}.{key}` must be a list of numbers, one per input channel "
-                       f"({channels}) or one for all, got {values!r}", key)
+                       f"({channels}) or one for all, got {describe(values)}", key)
         if key == "std" and not all(v > 0 for v in values):
-            raise fail(f"`{where}.std` must be > 0 (inputs are divided by it), got {values!r}", key)
+            raise fail(f"`{where}.std` must be > 0 (inputs are divided by it), got "
+                       f"{describe(values)}", key)
 
 
 def _chosen_spec(spec: dict, variant: str | None, shapes: dict | None) -> dict:

@@ -20,11 +20,17 @@ class SpecError(CnnGraphError, ValueError):
         super().__init__(one_line(where + message))
 
 
+MAX_MESSAGE = 2000  # characters: a message that echoes values is cut in the middle past this
+
+
 def one_line(text: str) -> str:
     """`text` with newlines and other unprintable characters escaped (as repr writes them), so
     that a message naming a hostile value still prints as one line."""
-    return text if text.isprintable() else "".join(
-        c if c.isprintable() else repr(c)[1:-1] for c in text)
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    if len(text) > MAX_MESSAGE:  # keep the place (the start) and the fix (the end)
+        text = text[:MAX_MESSAGE // 2] + " [...] " + text[-MAX_MESSAGE // 3:]
+    return text
 
 
 class DataError(CnnGraphError, ValueError):

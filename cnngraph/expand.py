@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import ChainMap
 from dataclasses import dataclass, field
 from difflib import get_close_matches
 from typing import Any
@@ -20,7 +21,7 @@ from . import limits
 from .errors import SpecError
 from .expr import ExprError, resolve
 from .graph import Node, Output
-from .limits import MAX_LAYERS
+from .limits import MAX_LAYERS, describe
 from .spec import Source, check_data
 
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -78,6 +79,8 @@ class Expander:
         self.expanded = 0  # layers expanded so far (switched-off ones too), against MAX_LAYERS
         self.pending: list[tuple[Node, list[Alias]]] = []
         self.stack: list[str] = []  # blocks being instantiated, to refuse recursion
+        self.sizes: dict[int, int] = {}  # keys and values under each spec list and mapping
+        self.evaluated = 0  # values evaluated so far, against MAX_EVALUATED
 
     # --- messages ----------------------------------------------------------------------------
     def error(self, message: str, mapping: Any = None, path: str | None = None,
@@ -92,21 +95,37 @@ class Expander:
         return f"{self.source.file}:{line}" if line else self.source.file
 
     def value(self, raw: Any, env: dict, mapping: Any, path: str | None, key: str) -> Any:
+        self.spend(self.sizes.get(id(raw), 1), mapping, path, key)
         try:
             return resolve(raw, env)
         except ExprError as exc:
             raise self.error(f"{key}: {exc}", mapping, path, key) from None
 
+    def spend(self, values: int, mapping: Any, path: str | None, key: str | None,
+              projected: bool = False) -> None:
+        """Counts values evaluated (or, `projected`, only checks that many more would fit):
+        copies re-evaluate their layer, so a big layer repeated many times is refused before
+        it takes minutes."""
+        if not projected:
+            self.evaluated += values
+        if self.evaluated + (values if projected else 0) > limits.MAX_EVALUATED:
+            raise self.error(f"expanding the spec evaluates more than "
+                             f"{limits.MAX_EVALUATED:,} values (each `repeat` copy and block "
+                             "instance evaluates its own): lower `repeat` or the number of keys",
+                             mapping, path, key)
+
     def name(self, value: Any, what: str, mapping: Any, path: str | None, key: str) -> str:
         """`value` when it is a name ([A-Za-z_][A-Za-z0-9_]*); a SpecError naming `what`."""
-        if not isinstance(value, str) or not NAME.fullmatch(value):
-            raise self.error(f"{what} {limits.describe(value)} is not a name: write one "
-                             "matching [A-Za-z_][A-Za-z0-9_]*", mapping, path, key)
+        if (not isinstance(value, str) or not NAME.fullmatch(value)
+                or len(value) > limits.MAX_NAME):
+            raise self.error(f"{what} {describe(value)} is not a name: write one "
+                             f"matching [A-Za-z_][A-Za-z0-9_]* (at most {limits.MAX_NAME} "
+                             "characters)", mapping, path, key)
         return value
 
     # --- the whole spec ----------------------------------------------------------------------
     def run(self, variant: str | None, input_shapes: dict[str, list[int]] | None) -> Expanded:
-        check_data(self.source)
+        self.sizes = check_data(self.source)
         spec = self.source.data
         if not isinstance(spec, dict):
             raise self.error("a spec is a mapping with at least `name`, `input` and `layers`")
@@ -118,7 +137,7 @@ class Expander:
         if name is None:
             raise self.error("the spec has no `name`: add e.g. `name: mynet`", spec)
         if not isinstance(name, str) or not name:
-            raise self.error(f"`name` must be a non-empty string, got {name!r}: write e.g. "
+            raise self.error(f"`name` must be a non-empty string, got {describe(name)}: write e.g. "
                              "`name: mynet`", spec, key="name")
         variant = variant or spec.get("variant")
         if variant is not None:
@@ -163,7 +182,7 @@ class Expander:
         env: dict = {}
         for key, raw in params.items():
             if not isinstance(key, str) or not NAME.fullmatch(key):
-                raise self.error(f"parameter name {key!r} is not an identifier", params)
+                raise self.error(f"parameter name {describe(key)} is not an identifier", params)
             where = variants if key in overrides else params
             env[key] = self.value(overrides.get(key, raw), env, where,
                                   None, variant if key in overrides else key)
@@ -183,7 +202,8 @@ class Expander:
                 raise self.error("`inputs` must map input names to shapes", spec, key="inputs")
         for name, raw in declared.items():
             if not isinstance(name, str) or not NAME.fullmatch(name):
-                raise self.error(f"input name {name!r} is not an identifier", spec, key="inputs")
+                raise self.error(f"input name {describe(name)} is not an identifier", spec,
+                                 key="inputs")
             shape = self.value(raw, env, spec, None, "input" if "input" in spec else "inputs")
             if shapes and name in shapes:
                 shape = shapes[name]
@@ -216,18 +236,19 @@ class Expander:
             phase = entry.get("phase", "both")
             if phase not in PHASES:
                 raise self.error(f"output '{entry['name']}': phase must be one of "
-                                 f"{', '.join(PHASES)}, got {phase!r}", mapping, key="phase")
+                                 f"{', '.join(PHASES)}, got {describe(phase)}", mapping,
+                                 key="phase")
             weight = entry.get("loss_weight", 1.0)
             if (isinstance(weight, bool) or not isinstance(weight, (int, float))
                     or not math.isfinite(weight) or weight < 0):
                 raise self.error(f"output '{entry['name']}': loss_weight must be a number >= 0, "
-                                 f"got {weight!r}", mapping, key="loss_weight")
+                                 f"got {describe(weight)}", mapping, key="loss_weight")
             if any(o.name == entry["name"] for o in outputs):
                 raise self.error(f"duplicate output name '{entry['name']}': rename one", mapping)
             source = entry.get("from", entry["name"])
             if not isinstance(source, str):
                 raise self.error(f"output '{entry['name']}': `from` must be a layer name, got "
-                                 f"{limits.describe(source)}", mapping, key="from")
+                                 f"{describe(source)}", mapping, key="from")
             node = self.resolve(Alias(top, source, mapping, None))
             outputs.append(Output(entry["name"], node, phase, float(weight)))
         for training, mode in ((False, "inference"), (True, "training")):
@@ -254,7 +275,7 @@ class Expander:
     def layer(self, layer: Any, scope: Scope, env: dict, previous: str) -> str:
         if not isinstance(layer, dict):
             raise self.error(f"a layer is a mapping with `name` and `op` (or `block`), got "
-                             f"{layer!r}", None, scope.prefix.rstrip(".") or None)
+                             f"{describe(layer)}", None, scope.prefix.rstrip(".") or None)
         if "name" not in layer:
             raise self.error("layer without `name`: add `name: ...` (unique in its list)", layer,
                              scope.prefix.rstrip(".") or None)
@@ -276,15 +297,17 @@ class Expander:
             return name
         count = self.value(layer["repeat"], env, layer, path, "repeat")
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise self.error(f"repeat must be a non-negative integer, got {count!r}",
+            raise self.error(f"repeat must be a non-negative integer, got {describe(count)}",
                              layer, path, "repeat")
-        before = self.expanded
+        before, spent = self.expanded, self.evaluated
         self.check_size(before + count, layer, path)  # each copy is at least one layer
         for i in range(count):
             if i == 1:  # one copy made: its size times `repeat` must fit before making the rest
                 self.check_size(before + (self.expanded - before) * count, layer, path)
-            self.instance(layer, scope, f"{name}.{i}", {**env, "i": i}, inputs if i == 0 else [
-                f"{name}.{i - 1}"], layer.get("first", {}) if i == 0 else {})
+                self.spend((self.evaluated - spent) * (count - 1), layer, path, "repeat", True)
+            self.instance(layer, scope, f"{name}.{i}", ChainMap({"i": i}, env),
+                          inputs if i == 0 else [f"{name}.{i - 1}"],
+                          layer.get("first", {}) if i == 0 else {})
         target = f"{name}.{count - 1}" if count else inputs[0]
         scope.symbols[name] = Alias(scope, target, layer, path)
         return name
@@ -314,7 +337,7 @@ class Expander:
         if "when" in layer:
             when = self.value(layer["when"], env, layer, path, "when")
             if not isinstance(when, bool):
-                raise self.error(f"`when` must be true or false, got {when!r}", layer, path,
+                raise self.error(f"`when` must be true or false, got {describe(when)}", layer, path,
                                  "when")
             if not when:
                 scope.symbols[name] = refs[0]
@@ -384,6 +407,7 @@ class Expander:
                 raise self.error(f"block '{name}' has no parameter '{arg}'"
                                  f"{suggest(str(arg), params)}; its parameters: {known}",
                                  layer, path, "args")
+        self.spend(len(params), layer, path, "block")
         env: dict = {}
         for key, default in params.items():
             if key in args:
@@ -408,7 +432,7 @@ class Expander:
         self.stack.pop()
         output = block.get("output", last)
         if not isinstance(output, str) or output not in scope.symbols:
-            raise self.error(f"block '{name}': output {limits.describe(output)} is not one of its "
+            raise self.error(f"block '{name}': output {describe(output)} is not one of its "
                              "layers"
                              f"{suggest(str(output), scope.symbols)}", block, key="output")
         return Alias(scope, output, block, path)

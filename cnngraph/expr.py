@@ -13,7 +13,7 @@ import re
 from typing import Any, Mapping
 
 from . import limits
-from .limits import MAX_EXPONENT, MAX_ITEMS
+from .limits import MAX_EXPONENT, MAX_ITEMS, describe
 
 NAME = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 TEMPLATE = re.compile(r"\$\{(.*?)\}")
@@ -54,7 +54,7 @@ def resolve_string(text: str, env: Mapping[str, Any]) -> Any:
         return evaluate(whole.group(1), env)
     if "${" in text:
         return TEMPLATE.sub(lambda m: str(evaluate(m.group(1), env)), text)
-    raise ExprError(f"'{text}' is neither $name nor ${{expression}}: write $name for a "
+    raise ExprError(f"{describe(text)} is neither $name nor ${{expression}}: write $name for a "
                     "parameter, ${...} for an expression")
 
 
@@ -68,7 +68,7 @@ def lookup(name: str, env: Mapping[str, Any]) -> Any:
     names = sorted(env)
     known = ", ".join(names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "") \
         if names else "none"
-    raise ExprError(f"unknown parameter '{name}': {hint} (parameters here: {known})")
+    raise ExprError(f"unknown parameter {describe(name)}: {hint} (parameters here: {known})")
 
 
 def evaluate(source: str, env: Mapping[str, Any]) -> Any:

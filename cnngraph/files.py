@@ -157,9 +157,31 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0].split('. ')[0][:200]}" if text else type(exc).__name__
 
 
+MAX_DATA_BYTES = 1 << 32  # 4 GiB: the most a data file (an array, a dataset) may hold unpacked
 MAX_PIXELS = 1 << 26  # 67 megapixels (8192 x 8192): larger images are refused before decoding
 _ALPHA = {"RGBA", "LA", "PA", "RGBa", "La"}
 _GRAY = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
+
+
+@contextmanager
+def _pillow_logs():
+    """The messages Pillow logs meanwhile (a damaged TIFF logs an error before it raises),
+    collected instead of printed as extra stderr lines."""
+    import logging
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    messages: list[str] = []
+    pil, handler = logging.getLogger("PIL"), Collect(logging.WARNING)
+    propagate, pil.propagate = pil.propagate, False
+    pil.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        pil.removeHandler(handler)
+        pil.propagate = propagate
 
 
 def read_image(path: Path, mode: str, size: tuple[int, int], error: type = InputError):
@@ -176,22 +198,25 @@ def read_image(path: Path, mode: str, size: tuple[int, int], error: type = Input
     height, width = size
     notes = []
     try:
-        with warnings.catch_warnings(record=True) as caught:  # Pillow's warnings become notes
-            warnings.simplefilter("always")
+        with warnings.catch_warnings(record=True) as caught, _pillow_logs() as logged:
+            warnings.simplefilter("always")  # Pillow's warnings and logged errors become notes
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 if im.width * im.height > MAX_PIXELS:
                     raise error(f"{path}: image of {im.width}x{im.height} pixels, larger than "
                                 f"the {MAX_PIXELS:,} pixels read (a decompression bomb?); "
                                 "scale it down first")
+                if getattr(im, "n_frames", 1) > 1:  # an animation or a multi-page TIFF
+                    notes.append(f"first of its {im.n_frames} frames")
                 if im.getexif().get(0x0112, 1) in range(2, 9):  # EXIF Orientation: not upright
                     im = ImageOps.exif_transpose(im)
                     notes.append("turned upright by its EXIF orientation")
                 source = im.mode
-                if source.startswith("I"):  # 16-bit: Pillow's convert would clip at 255
-                    scaled = np.asarray(im, dtype=np.float64) / 257
-                    im = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
-                    notes.append("16-bit -> 8-bit")
+                if source.startswith("I") or source == "F":  # Pillow's convert clips at 255
+                    values = np.nan_to_num(np.asarray(im, dtype=np.float64))
+                    scale = 1 / 257 if source != "F" else 255 if values.max(initial=0) <= 1 else 1
+                    im = Image.fromarray(np.clip(np.rint(values * scale), 0, 255).astype(np.uint8), "L")
+                    notes.append(("16-bit" if source != "F" else "float") + " -> 8-bit")
                 has_alpha = source in _ALPHA or "transparency" in im.info
                 changes = [text for cond, text in (
                     (has_alpha and mode != "RGBA", "alpha dropped"),
@@ -208,7 +233,8 @@ def read_image(path: Path, mode: str, size: tuple[int, int], error: type = Input
                                     else ""))
                     im = im.resize((width, height), Image.Resampling.BILINEAR)
                 pixels = np.asarray(im, dtype=np.uint8)
-        notes += [f"Pillow: {str(w.message).strip().splitlines()[0]}" for w in caught if str(w.message).strip()]
+        said = [str(w.message) for w in caught] + logged
+        notes += [f"Pillow: {text.strip().splitlines()[0]}" for text in said if text.strip()]
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise error(f"{path}: image larger than the {MAX_PIXELS:,} pixels read (a "
                     "decompression bomb?); scale it down first") from None

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 OPS = {"conv2d": "conv", "conv_transpose2d": "conv", "linear": "linear", "batch_norm": "norm"}
 PARAMS = ("weight", "bias")
-NAMED = {  # scheme -> (what it is, the kinds of layer and parameters it fits)
+NAMED = {  # scheme -> what it draws from (fan: that of the layer's weight)
     "kaiming_normal_fan_in": "normal(0, sqrt(2 / fan_in))",
     "kaiming_normal_fan_out": "normal(0, sqrt(2 / fan_out))",
     "pytorch": "uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)), PyTorch's own default",
@@ -32,8 +32,22 @@ LIMIT = 1e6  # the largest constant or std accepted
 
 
 def _number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) \
-        and abs(x) <= LIMIT
+    """A finite int or float within LIMIT (NaN and inf compare false; a huge int exactly)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and abs(x) <= LIMIT
+
+
+def _show(x: Any) -> str:
+    """A value for a one-line message: repr, cut short (a 5,000-digit int has no repr)."""
+    try:
+        text = repr(x)
+    except ValueError:
+        return "a huge integer"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _name(x: Any) -> str:
+    """A key for a message path: as written when it is a short printable string."""
+    return x if isinstance(x, str) and x.isprintable() and len(x) <= 60 else _show(x)
 
 
 def check(meta: dict, graph, fail: Callable[[str, Any, Any], Exception]) -> None:
@@ -43,8 +57,8 @@ def check(meta: dict, graph, fail: Callable[[str, Any, Any], Exception]) -> None
     `layers` pattern must match a layer."""
     init = meta["init"]
     if not isinstance(init, dict):
-        raise fail(f"`meta.init` must map op names (and `layers`) to rules, got {init!r}: write "
-                   "e.g. `init: {conv2d: {weight: kaiming_normal_fan_out}}`", meta, "init")
+        raise fail(f"`meta.init` must map op names (and `layers`) to rules, got {_show(init)}: "
+                   "write e.g. `init: {conv2d: {weight: kaiming_normal_fan_out}}`", meta, "init")
     for key, rules in init.items():
         if key == "layers":
             if not isinstance(rules, dict):
@@ -53,25 +67,26 @@ def check(meta: dict, graph, fail: Callable[[str, Any, Any], Exception]) -> None
                 matched = [node for node in graph if isinstance(pattern, str)
                            and node.op in OPS and fnmatch.fnmatchcase(node.name, pattern)]
                 if not matched:
-                    raise fail(f"`meta.init.layers`: '{pattern}' names no layer of op "
+                    raise fail(f"`meta.init.layers`: {_show(pattern)} names no layer of op "
                                f"{', '.join(OPS)}: give a layer path such as 'layer1.0.conv1' "
                                "(wildcards * and ? allowed)", rules, pattern)
                 for op in {node.op for node in matched}:
-                    _check_rules(layer_rules, OPS[op], f"layers.{pattern}", rules, pattern, fail)
+                    _check_rules(layer_rules, OPS[op], f"layers.{_name(pattern)}", rules, pattern,
+                                 fail)
             continue
         if key not in OPS:
-            raise fail(f"`meta.init.{key}`: not an op with parameters to initialise; the keys are "
-                       f"{', '.join(OPS)} and layers", init, key)
+            raise fail(f"`meta.init.{_name(key)}`: not an op with parameters to initialise; the "
+                       f"keys are {', '.join(OPS)} and layers", init, key)
         _check_rules(rules, OPS[key], key, init, key, fail)
 
 
 def _check_rules(rules: Any, kind: str, where: str, parent: dict, key: Any, fail) -> None:
     if not isinstance(rules, dict) or not rules:
-        raise fail(f"`meta.init.{where}` must map weight/bias to a rule, got {rules!r}",
+        raise fail(f"`meta.init.{where}` must map weight/bias to a rule, got {_show(rules)}",
                    parent, key)
     for param, rule in rules.items():
         if param not in PARAMS:
-            raise fail(f"`meta.init.{where}.{param}`: the parameters are weight and bias",
+            raise fail(f"`meta.init.{where}.{_name(param)}`: the parameters are weight and bias",
                        rules, param)
         if _number(rule):
             continue
@@ -88,10 +103,10 @@ def _check_rules(rules: Any, kind: str, where: str, parent: dict, key: Any, fail
             std = next(iter(rule.values()))
             if _number(std) and std > 0:
                 continue
-            raise fail(f"{text}: the std must be a number in (0, {LIMIT:g}], got {std!r}",
+            raise fail(f"{text}: the std must be a number in (0, {LIMIT:g}], got {_show(std)}",
                        rules, param)
-        raise fail(f"{text}: unknown rule {rule!r}: give a number, one of {', '.join(NAMED)}, "
-                   f"or {{normal: STD}} / {{trunc_normal: STD}}", rules, param)
+        raise fail(f"{text}: unknown rule {_show(rule)}: give a number, one of "
+                   f"{', '.join(NAMED)}, or {{normal: STD}} / {{trunc_normal: STD}}", rules, param)
 
 
 def rules_for(init: dict, node) -> dict:

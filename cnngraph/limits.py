@@ -8,6 +8,7 @@ what a real network needs and low enough that the largest accepted spec loads in
 from __future__ import annotations
 
 import math
+import reprlib
 from typing import Any
 
 MAX_INT = 2**63 - 1  # |int| of any value, read or computed (int64, what ONNX and torch hold)
@@ -15,6 +16,8 @@ MAX_FILE_BYTES = 1 << 20  # a spec file: 1 MiB
 MAX_DEPTH = 64  # nesting of mappings and lists in a spec
 MAX_SCALARS = 1_000_000  # keys and values in a spec, with YAML aliases counted as copies
 MAX_LAYERS = 100_000  # layers one spec expands to (repeat copies and block layers included)
+MAX_EVALUATED = 2_000_000  # values evaluated while expanding (each copy evaluates its own)
+MAX_NAME = 100  # characters of a key or a name
 MAX_BLOCK_DEPTH = 32  # blocks instantiated inside blocks
 MAX_EXPR_CHARS = 1000  # characters of one ${...} expression
 MAX_EXPR_DEPTH = 50  # nesting of an expression's syntax tree
@@ -45,15 +48,20 @@ def number(value: Any) -> Any:
     return value
 
 
-def describe(value: Any, width: int = 60) -> str:
-    """`repr(value)` cut to `width` characters, for messages (a value may be huge)."""
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
-        return f"<an integer of {value.bit_length()} bits>"
-    text = repr(value) if not isinstance(value, (list, dict, tuple)) or _small(value) else \
-        f"<a {type(value).__name__} of {len(value)} items>"
-    return text if len(text) <= width else text[:width - 3] + "..."
+class _Short(reprlib.Repr):
+    """repr with every string, list and level cut short (reprlib's), and no huge int printed."""
+
+    def repr_int(self, x, level):
+        return repr(x) if x.bit_length() <= 64 else f"<an integer of {x.bit_length()} bits>"
 
 
-def _small(value) -> bool:
-    return len(value) <= 16 and all(not isinstance(v, (list, dict, tuple)) for v in (
-        value.values() if isinstance(value, dict) else value))
+_SHORT = _Short()
+_SHORT.maxstring = _SHORT.maxother = 60
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = 8
+_SHORT.maxlevel = 3
+
+
+def describe(value: Any) -> str:
+    """`repr(value)` shortened for messages (a value from a spec may be huge)."""
+    text = _SHORT.repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."

@@ -19,6 +19,7 @@ import yaml
 from . import limits
 from .errors import SpecError
 from .files import atomic_write
+from .limits import describe
 
 SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -84,27 +85,49 @@ class _LineLoader(yaml.composer.Composer, *_PARSERS, yaml.constructor.SafeConstr
         return super().construct_yaml_int(node)
 
     def construct_yaml_map(self, node):
+        """The mapping, built here in one pass over its pairs (values as PyYAML's
+        construct_mapping would make them), with the line of each key."""
         data: dict = {}
         yield data
         self.flatten_mapping(node)
         keys: dict[str, int] = {}
-        for key_node, _ in node.value:
+        for key_node, value_node in node.value:
             key = self.construct_object(key_node)
             if not isinstance(key, str):
-                what = {list: "a list", dict: "a mapping"}.get(type(key)) or limits.describe(key)
+                what = {list: "a list", dict: "a mapping"}.get(type(key)) or describe(key)
                 raise self.error(f"key {what} is not a string: keys are names "
                                  "(quote it; YAML reads yes/no/on/off/null and numbers as "
                                  "other types)", key_node)
             if key in keys:
-                raise self.error(f"duplicate key '{key}' (first on line {keys[key]}): remove "
-                                 "one of them", key_node)
+                raise self.error(f"duplicate key {describe(key)} (first on line "
+                                 f"{keys[key]}): remove one of them", key_node)
             keys[key] = key_node.start_mark.line + 1
-        data.update(self.construct_mapping(node))
+            data[key] = self.construct_object(value_node)
         self.lines[id(data)] = (node.start_mark.line + 1, keys)
 
 
+def _located(construct):
+    """A scalar constructor whose failures (`!!int 3.5`, `!!bool 3`, `!!timestamp x`) are a
+    SpecError at the value's line."""
+    def located(loader: _LineLoader, node):
+        try:
+            return construct(loader, node)
+        except SpecError:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError,
+                OverflowError) as exc:
+            raise loader.error(f"{node.tag.rpartition(':')[2]} value "
+                               f"{describe(node.value)} cannot be read "
+                               f"({type(exc).__name__}): fix the value or drop its tag",
+                               node) from None
+    return located
+
+
 _LineLoader.add_constructor("tag:yaml.org,2002:map", _LineLoader.construct_yaml_map)
-_LineLoader.add_constructor("tag:yaml.org,2002:int", _LineLoader.construct_yaml_int)
+_LineLoader.add_constructor("tag:yaml.org,2002:int", _located(_LineLoader.construct_yaml_int))
+for _tag in ("float", "bool", "timestamp", "binary"):
+    _tag = f"tag:yaml.org,2002:{_tag}"
+    _LineLoader.add_constructor(_tag, _located(_LineLoader.yaml_constructors[_tag]))
 
 
 def parse_yaml(text: str, file: str | None = None) -> Source:
@@ -134,10 +157,11 @@ def parse_yaml(text: str, file: str | None = None) -> Source:
     return Source(data, file, loader.lines)
 
 
-def check_data(source: Source) -> None:
+def check_data(source: Source) -> dict[int, int]:
     """Bounds a spec as data before anything reads it: nesting depth, number of keys and values
     (a YAML alias counts as the copy it stands for, memoised per object, so an alias bomb fails
-    at once instead of expanding), numbers in range, string keys, plain values, no cycles."""
+    at once instead of expanding), numbers in range, string keys, plain values, no cycles.
+    Returns the number of keys and values under each list and mapping, by `id`."""
     counted: dict[int, int] = {}  # id(container) -> keys and values under it
     open_: set[int] = set()  # containers being walked: one met again is a cycle
 
@@ -161,8 +185,11 @@ def check_data(source: Source) -> None:
                 count = len(value)
                 for k, v in value.items():
                     if not isinstance(k, str):
-                        raise fail(f"key {limits.describe(k)} is not a string: keys are names",
+                        raise fail(f"key {describe(k)} is not a string: keys are names",
                                    where, value, None)
+                    if len(k) > limits.MAX_NAME:
+                        raise fail(f"key {describe(k)} is longer than {limits.MAX_NAME} "
+                                   "characters: keys are names", where, value, None)
                     count += walk(v, f"{where}.{k}" if where else k, depth + 1, value, k)
             else:
                 count = sum(walk(v, f"{where}[{i}]", depth + 1, mapping, key)
@@ -174,7 +201,7 @@ def check_data(source: Source) -> None:
             counted[id(value)] = count
             return count
         if value is not None and not isinstance(value, (str, int, float)):
-            raise fail(f"{limits.describe(value)} is not a spec value: use a string (quote it), "
+            raise fail(f"{describe(value)} is not a spec value: use a string (quote it), "
                        "a number, true/false, null, a list or a mapping", where, mapping, key)
         try:
             limits.number(value)
@@ -183,6 +210,7 @@ def check_data(source: Source) -> None:
         return 1
 
     walk(source.data, "", 0, None, None)
+    return counted
 
 
 class _DuplicateKey(ValueError):

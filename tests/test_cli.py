@@ -3,6 +3,8 @@ through the dispatcher, against published parameter counts and the output-size f
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -93,3 +95,21 @@ def test_version_prints_the_package_version(capsys):
         main(["--version"])
     assert exit_.value.code == 0
     assert capsys.readouterr().out == f"cnngraph {expected}\n"
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["zoo"], ["show", "resnet18"], ["ops"],
+                                  ["export", "--help"], ["bench", "--help"], ["verify", "--help"],
+                                  ["infer", "--help"], ["train", "--help"], ["demo", "--help"]])
+def test_front_end_commands_never_import_torch(argv):
+    """In a fresh interpreter: the heavy libraries (2-3 s of CPU) stay unimported."""
+    code = ("import sys, contextlib, io\n"
+            "from cnngraph.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    try:\n"
+            f"        main({argv!r})\n"
+            "    except SystemExit:\n"
+            "        pass\n"
+            "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime') if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -153,16 +153,24 @@ def test_infer_says_what_it_converted(tiny, tmp_path, capsys, caplog):
     Image.new("L", (8, 8), 40).save(gray)
     deep = tmp_path / "deep.png"                     # 16-bit: Pillow's convert clips at 255
     Image.fromarray(np.full((8, 8), 40 * 257, np.uint16)).save(deep)
-    assert main(["infer", str(tiny), str(rgba), str(gray), str(deep), "--device", "cpu",
-                 "--json"]) == 0
+    floats = tmp_path / "floats.tif"                 # floats in [0, 1]: 40/255 is 40
+    Image.fromarray(np.full((8, 8), 40 / 255, np.float32)).save(floats)
+    frames = tmp_path / "frames.gif"
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(frames, save_all=True,
+                                             append_images=[Image.new("RGB", (8, 8), (200, 0, 0))])
+    assert main(["infer", str(tiny), str(rgba), str(gray), str(deep), str(floats), str(frames), "--device",
+                 "cpu", "--json"]) == 0
     notes = [line for line in caplog.messages if line.startswith("note:")]
     assert notes == [f"note: {rgba}: RGBA -> RGB (alpha dropped)",
                      f"note: {rgba}: resized 100x80 -> 8x8 (aspect ratio changed)",
                      f"note: {gray}: L -> RGB (1 channel repeated to 3)",
                      f"note: {deep}: 16-bit -> 8-bit",
-                     f"note: {deep}: I;16 -> RGB (1 channel repeated to 3)"]
+                     f"note: {deep}: I;16 -> RGB (1 channel repeated to 3)",
+                     f"note: {floats}: float -> 8-bit",
+                     f"note: {floats}: F -> RGB (1 channel repeated to 3)",
+                     f"note: {frames}: first of its 2 frames"]
     result = json.loads(capsys.readouterr().out)
-    assert result[1]["top_k"] == result[2]["top_k"]  # 40 * 257 in 16 bits is 40 in 8 bits
+    assert result[1]["top_k"] == result[2]["top_k"] == result[3]["top_k"]  # all 40 in 8 bits
 
 
 def test_infer_warns_about_an_inverted_digit(tiny, tmp_path, caplog):
@@ -194,7 +202,17 @@ def test_infer_warns_about_non_finite_and_normalised_arrays(tiny, tmp_path, caps
         "warning: output 'logits' is NaN or inf for 1 input(s): nan.npy[1]; their results mean "
         "nothing"]
     out = capsys.readouterr().out
-    assert "nan.npy[1]: " in out and "nan.npy[0]: " in out
+    assert "nan.npy[0]: " in out and "nan.npy[1]: 0 nan, 1 nan" in out
+    result = infer_json_strict(capsys, tiny, tmp_path / "nan.npy")  # JSON has no NaN: null
+    assert [c["probability"] for c in result[1]["top_k"]] == [None] * 5
+    assert all(c["probability"] > 0 for c in result[0]["top_k"])
+
+
+def infer_json_strict(capsys, *args) -> list[dict]:
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+    assert main(["infer", *map(str, args), "--json", "--device", "cpu"]) == 0
+    return json.loads(capsys.readouterr().out, parse_constant=refuse)
 
 
 # --- train --data: damaged IDX, CIFAR and .npz datasets -------------------------------------
@@ -288,3 +306,167 @@ def test_damaged_npz_and_cifar_datasets_are_one_data_error_line(tmp_path):
         with pytest.raises(DataError, match=says) as caught:
             load_data(cifar, (3, 32, 32))
         assert str(caught.value).startswith(str(cifar / "data_batch_1"))
+
+
+def test_a_compressed_npz_bomb_stops_at_the_size_bound(tiny, tmp_path, capsys, monkeypatch):
+    from cnngraph.data import load_data, readers
+    from cnngraph.errors import DataError
+    from cnngraph.runtime import inputs
+    for module in (readers, inputs):
+        monkeypatch.setattr(module, "MAX_DATA_BYTES", 1 << 20)
+    bomb = tmp_path / "bomb.npz"   # 4 MiB of zeros in a few kB
+    np.savez_compressed(bomb, x=np.zeros((1024, 1, 32, 32), np.float32), y=np.zeros(1024, int))
+    assert bomb.stat().st_size < 50_000
+    with pytest.raises(DataError, match=r"bomb.npz: holds 4,\d{3},\d{3} bytes once unpacked"):
+        load_data(bomb, (1, 32, 32))
+    message = one_line_error(capsys, "infer", tiny, bomb, "--device", "cpu")
+    assert f"{bomb}: array 'x' holds 4,194,432 bytes unpacked" in message  # 4 MiB + header
+
+
+def test_float16_copy_of_junk_is_the_same_one_line(tmp_path):
+    from cnngraph.errors import InputError
+    from cnngraph.runtime.predictor import float16_model
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(bytes(range(256)))
+    with pytest.raises(InputError, match="junk.onnx: not an ONNX model file"):
+        float16_model(junk)
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+        [numpy_helper.from_array(np.ones(4, np.float32), "w")])
+    split = tmp_path / "split.onnx"
+    onnx.save(helper.make_model(graph), str(split), save_as_external_data=True,
+              location="split.onnx.data", size_threshold=0)
+    (tmp_path / "split.onnx.data").unlink()   # the weights file left behind
+    with pytest.raises(InputError, match="split.onnx: its external weights cannot be read"):
+        float16_model(split)
+
+
+def test_image_folder_bombs_and_damage_are_data_errors(tmp_path):
+    from cnngraph.data import load_data
+    from cnngraph.errors import DataError
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        Image.new("L", (8, 8), 9).save(tmp_path / label / "ok.png")
+    bomb = tmp_path / "a" / "bomb.png"
+    Image.new("1", (20_000, 20_000)).save(bomb)
+    with pytest.raises(DataError, match=r"bomb.png: image larger than the 67,108,864 pixels"):
+        load_data(tmp_path, (1, 8, 8))
+    bomb.write_bytes((tmp_path / "a" / "ok.png").read_bytes()[:40])
+    with pytest.raises(DataError, match=r"bomb.png: cannot read it as an image"):
+        load_data(tmp_path, (1, 8, 8))
+
+
+# --- a seeded fuzzer over every reader ------------------------------------------------------
+def _seed_files() -> dict:
+    """format -> (valid bytes, suffix, reader): one small good file per format each reader
+    takes; the fuzzer damages them."""
+    import io
+
+    from onnx import TensorProto, helper
+    from safetensors.torch import save
+
+    from cnngraph.data.readers import read_cifar_batch, read_idx, read_npz
+    from cnngraph.files import read_image, read_onnx, read_weights
+    from cnngraph.runtime.inputs import _read_array, _read_named
+
+    def saved(write) -> bytes:
+        buffer = io.BytesIO()
+        write(buffer)
+        return buffer.getvalue()
+
+    idx_file = idx(0x08, [2, 4, 4], bytes(range(32)))
+    pair = dict(x=np.arange(32, dtype=np.uint8).reshape(2, 4, 4), y=np.arange(2))
+    relu = helper.make_model(helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])]))
+    return {
+        "idx": (idx_file, ".idx", read_idx),
+        "idx.gz": (gzip.compress(idx_file), ".gz", read_idx),
+        "npz": (saved(lambda b: np.savez(b, **pair)), ".npz", lambda p: read_npz(p, 0.5)),
+        "npz-deflated": (saved(lambda b: np.savez_compressed(b, **pair)), ".npz",
+                         lambda p: _read_array(p, "x")),
+        "npz-per-input": (saved(lambda b: np.savez(b, **pair)), ".npz",
+                          lambda p: _read_named(p, ["x", "y"], "x, y")),
+        "npy": (saved(lambda b: np.save(b, pair["x"])), ".npy", lambda p: _read_array(p, "x")),
+        "cifar": (pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1]},
+                               protocol=2), ".pkl", read_cifar_batch),
+        "png": (saved(lambda b: Image.new("RGBA", (9, 7), 5).save(b, "PNG")), ".png",
+                lambda p: read_image(p, "L", (4, 4))),
+        "jpeg": (saved(lambda b: Image.new("RGB", (9, 7), 5).save(b, "JPEG")), ".jpg",
+                 lambda p: read_image(p, "RGB", (4, 4))),
+        "safetensors": (save({"a": torch.ones(3)}), ".safetensors", read_weights),
+        "torch": (saved(lambda b: torch.save({"a": torch.ones(3)}, b)), ".pt", read_weights),
+        "onnx": (relu.SerializeToString(), ".onnx", read_onnx),
+    }
+
+
+def fuzz_files(folder, seed: int, per_format: int) -> tuple[int, list[str]]:
+    """Damage each seed file `per_format` times (cuts, flipped bytes, hostile int32s such as
+    -1, 2**31 - 1 and 65536, inserted bytes) and read it: (cases, escapes), an escape being
+    anything but one line of the project's own errors."""
+    import random
+    import warnings
+
+    from cnngraph.errors import CnnGraphError
+
+    rng, cases, escapes = random.Random(seed), 0, []
+    for name, (good, suffix, read) in _seed_files().items():
+        for _ in range(per_format):
+            data = bytearray(good)
+            for _ in range(rng.randint(1, 4)):
+                at, op = rng.randrange(len(data) + 1), rng.random()
+                if op < 0.3:
+                    del data[at:]
+                elif op < 0.7 and at < len(data):
+                    data[at] = rng.randrange(256)
+                elif op < 0.85:
+                    data[at:at + 4] = struct.pack(">i", rng.choice([-1, 2**31 - 1, 65536, 0, -2**31]))
+                else:
+                    data[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
+            path = folder / f"fuzz{suffix}"
+            path.write_bytes(bytes(data))
+            cases += 1
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    read(path)
+            except CnnGraphError as exc:
+                if "\n" in str(exc):
+                    escapes.append(f"{name}: multi-line {exc!r}")
+            except Exception as exc:  # noqa: BLE001 - what the test is looking for
+                escapes.append(f"{name} (seed {seed}): {type(exc).__name__}: {exc}")
+    return cases, escapes
+
+
+def test_seeded_file_fuzz_gives_only_one_line_errors(tmp_path):
+    cases, escapes = fuzz_files(tmp_path, seed=10, per_format=40)
+    assert cases == 480 and escapes == []
+
+
+if __name__ == "__main__":  # the longer run: python tests/test_files_hostile.py SEEDS PER_FORMAT
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    total, found = 0, []
+    with tempfile.TemporaryDirectory() as folder:
+        for seed in range(int(sys.argv[1])):
+            cases, escapes = fuzz_files(Path(folder), seed, int(sys.argv[2]))
+            total, found = total + cases, found + escapes
+    print(f"{total} damaged files, {len(found)} escapes", *found, sep="\n")
+
+
+def test_pillow_logging_an_error_adds_no_line(tiny, tmp_path, capsys, caplog):
+    tiff = tmp_path / "spp.tif"
+    Image.new("RGB", (8, 8)).save(tiff)
+    entry = b"\x15\x01\x03\x00\x01\x00\x00\x00\x03\x00"  # SamplesPerPixel, SHORT, 1: 3
+    assert tiff.read_bytes().count(entry) == 1
+    tiff.write_bytes(tiff.read_bytes().replace(entry, entry[:8] + b"\xfc\x00"))  # 252
+    assert f"{tiff}: cannot read it as an image" in one_line_error(
+        capsys, "infer", tiny, tiff, "--device", "cpu")
+    assert not [r for r in caplog.records if r.name.startswith("PIL")]  # Pillow logs an error

@@ -245,3 +245,13 @@ def test_infer_pads_a_fixed_batch_for_every_input(exported, tmp_path, capsys):
         answers.append([[c["probability"] for c in r["top_k"]] for r in json.loads(out)])
     assert len(answers[1]) == 2
     np.testing.assert_allclose(answers[1], answers[0], rtol=1e-5)
+
+
+def test_show_input_shape_on_several_inputs_says_what_to_do(exported, capsys):
+    spec, _, _ = exported
+    code, out, err = run(capsys, "show", spec, "--input-shape", "1,3,16,16")
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1 and "the spec has 2 inputs (image, mask)" in err
+    assert "change the spec's `inputs:` (--input-shape takes single-input specs)" in err
+    graph = cnngraph.load(spec, input_shape={"image": [3, 16, 16], "mask": [1, 16, 16]})
+    assert graph.input_shapes == {"image": (3, 16, 16), "mask": (1, 16, 16)}

@@ -169,7 +169,7 @@ def test_bad_inputs_raise_one_clear_error(model, tmp_path):
     with pytest.raises(InputError, match="no such model file"):
         Predictor(tmp_path / "missing.onnx")
     (tmp_path / "junk.onnx").write_bytes(b"junk")
-    with pytest.raises(InputError, match="onnxruntime cannot load it"):
+    with pytest.raises(InputError, match="junk.onnx: not an ONNX model file"):  # as verify says
         Predictor(tmp_path / "junk.onnx", "cpu")
 
 
@@ -413,5 +413,26 @@ def test_bench_compile_failure_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(torch, "compile", broken)
     assert main(["bench", "lenet5", "--compile", "--batch-sizes", "1", "--device", "cpu",
                  "--seconds", "0.05"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "run without --compile" in err and "C++ compiler" in err
+    err = [line for line in capsys.readouterr().err.splitlines()
+           if not line.startswith("bench: ")]  # the progress lines before it
+    assert len(err) == 1 and "run without --compile" in err[0] and "C++ compiler" in err[0]
+
+
+def test_bench_says_each_phase_on_stderr_as_plain_lines(capsys):
+    """A big model takes minutes: each phase is one plain line on stderr as it starts (no
+    carriage returns or escape codes in a log), the table alone on stdout."""
+    from cnngraph.cli import main
+    assert main(["bench", "lenet5", "--batch-sizes", "1,2", "--device", "cpu",
+                 "--seconds", "0.05"]) == 0
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    phases = [line.split(" (about")[0] for line in lines]
+    threads = phases[2].rsplit(", ", 1)[1]
+    assert phases == ["bench: building lenet5", "bench: exporting lenet5 to ONNX",
+                      f"bench: torch eager, batch 1, {threads}",
+                      f"bench: torch eager, batch 2, {threads}",
+                      "bench: onnxruntime: creating the session",
+                      "bench: onnxruntime, batch 1", "bench: onnxruntime, batch 2"]
+    assert threads.endswith(" threads") and "(about 0.05 s)" in lines[2]
+    assert "\r" not in err and "\x1b" not in err
+    assert "bench:" not in out and "onnxruntime" in out

@@ -307,8 +307,9 @@ def test_out_of_range_attributes_are_refused_before_shape_code(tmp_path, layer, 
 
 # --- the largest spec each limit accepts loads ---------------------------------------------
 def test_the_largest_repeat_loads_and_one_more_layer_fails_at_once():
-    spec = {"name": "t", "input": [2], "layers": [{"name": "a", "op": "relu",
-                                                   "repeat": limits.MAX_LAYERS}]}
+    params = {f"p{i}": i for i in range(100_000)}  # copies share them: none copied
+    spec = {"name": "t", "input": [2], "params": params,
+            "layers": [{"name": "a", "op": "relu", "repeat": limits.MAX_LAYERS}]}
     g = cnngraph.load(spec)  # input and 100,000 layers
     assert len(g) == limits.MAX_LAYERS + 1 and g["a.99999"].shape == ("N", 2)
     spec["layers"][0]["repeat"] = limits.MAX_LAYERS + 1
@@ -316,6 +317,19 @@ def test_the_largest_repeat_loads_and_one_more_layer_fails_at_once():
         cnngraph.load(spec)
     spec["layers"][0]["repeat"] = 2**62  # refused before a single copy
     with pytest.raises(SpecError, match="more than 100,000 layers"):
+        cnngraph.load(spec)
+
+
+def test_a_big_layer_repeated_many_times_is_refused_before_it_takes_minutes():
+    layer = {"name": "a", "op": "relu", "repeat": limits.MAX_LAYERS - 1,
+             **{f"k{i}": "$i" for i in range(100)}}  # unknown keys: check_node sees them later
+    with pytest.raises(SpecError, match=r"layer 'a': expanding the spec evaluates more than "
+                                        "2,000,000 values"):
+        cnngraph.load({"name": "t", "input": [2], "layers": [layer]})
+    block = {"params": {f"q{i}": i for i in range(1000)}, "layers": [{"name": "x", "op": "relu"}]}
+    spec = {"name": "t", "input": [2], "blocks": {"b": block},
+            "layers": [{"name": "a", "block": "b", "repeat": 9_999}]}
+    with pytest.raises(SpecError, match="more than 2,000,000 values"):
         cnngraph.load(spec)
 
 
@@ -401,3 +415,53 @@ def test_a_cycle_through_every_layer_is_named_briefly():
         "layer 'a': cycle: a -> b.0 -> b.1 -> b.2 -> b.3 -> b.4 -> b.5 -> b.6 -> b.7 -> b.8 -> "
         "... (100000 layers) -> a: a layer cannot depend on its own output; fix the `inputs` of "
         "one of them")
+
+
+# --- from the fuzzer (/work/fuzz-findings.md) ----------------------------------------------
+@pytest.mark.parametrize("value, words", [
+    ("!!int 3.5", ["int value '3.5' cannot be read", "drop its tag"]),
+    ("!!float abc", ["float value 'abc' cannot be read"]),
+    ("!!bool 3", ["bool value '3' cannot be read"]),
+    ("!!timestamp abc", ["timestamp value 'abc' cannot be read"]),
+])
+def test_a_tag_on_a_value_it_does_not_fit_is_refused(tmp_path, value, words):
+    fails(edited("kernel: 3}", f"kernel: {value}}}"), tmp_path, *words, line=5)
+
+
+@pytest.mark.parametrize("value, words", [
+    ("2001-12-14", ["`doc`: datetime.date(2001, 12, 14) is not a spec value", "quote it"]),
+    ("!!binary aGVsbG8=", ["`doc`: b'hello' is not a spec value"]),
+    ("!!set {a, b}", ["`doc`: {", "is not a spec value"]),
+])
+def test_dates_bytes_and_sets_are_not_spec_values(tmp_path, value, words):
+    fails(BASE + f"doc: {value}\n", tmp_path, *words, line=9)
+
+
+def test_an_input_list_with_an_input_shape_is_the_specs_error():
+    spec = {"name": "t", "inputs": [[3, 8, 8], [1, 8, 8]], "layers": [{"name": "a", "op": "relu"}]}
+    with pytest.raises(SpecError, match="`inputs` must map input names to shapes"):
+        cnngraph.load(spec, input_shape={"image": [3, 8, 8]})
+
+
+@pytest.mark.parametrize("where, value", [
+    ("op", "a" * 10_000),
+    ("op", "\x1b[2J"),
+    ("name", "a" * 4000),
+    ("kernel", "b" * 10_000),
+    ("kernel", [[0] * 1000] * 1000),
+    ("kernel", "${" + "[[0] * 1000] * 100" + "}"),
+])
+def test_echoed_values_are_shortened_and_printable(where, value):
+    spec = copy.deepcopy(SPEC)
+    spec["layers"][0][where] = value
+    with pytest.raises(SpecError) as caught:
+        cnngraph.load(spec)
+    message = str(caught.value)
+    assert len(message) < 300 and message.isprintable(), message
+
+
+def test_a_long_key_is_refused_briefly():
+    spec = copy.deepcopy(SPEC)
+    spec["layers"][0]["k" * 5000] = 1
+    with pytest.raises(SpecError, match=r"`layers\[0\]`: key 'kkk.*' is longer than 100 "):
+        cnngraph.load(spec)

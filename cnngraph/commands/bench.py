@@ -9,14 +9,12 @@ metadata).
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 from pathlib import Path
 
 from . import about
 from ..errors import InputError
-from ..runtime.benchmark import busy_note, compare, table
-from ..runtime.predictor import SPEC_SUFFIXES
-from ..runtime.session import CUDA, resolve_device
 
 
 def register(subparsers) -> None:
@@ -34,6 +32,11 @@ def register(subparsers) -> None:
     p.add_argument("--seconds", type=float, default=3.0, help="time budget per measurement")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
+
+
+def say(message: str) -> None:
+    """One progress line on stderr (plain text, no cursor control: fine in a log or a pipe)."""
+    print(f"bench: {message}", file=sys.stderr, flush=True)
 
 
 def batch_sizes(text: str) -> list[int]:
@@ -79,12 +82,17 @@ def module_for_onnx(model: Path, graph, weights: Path):
 
 def run(args) -> int:
     import torch
+
+    from ..runtime.benchmark import busy_note, compare, table
+    from ..runtime.predictor import SPEC_SUFFIXES
+    from ..runtime.session import CUDA, resolve_device
     sizes = batch_sizes(args.batch_sizes)
     if not args.seconds > 0:
         raise InputError(f"--seconds must be greater than 0, not {args.seconds}")
     device = "cuda" if resolve_device(args.device) == CUDA else "cpu"
     options = dict(device=device, fp16=args.fp16, compile=args.compile,
-                   cuda_graph=args.cuda_graph, seed=args.seed, budget_s=args.seconds)
+                   cuda_graph=args.cuda_graph, seed=args.seed, budget_s=args.seconds,
+                   progress=lambda phase: say(f"{phase} (about {args.seconds:g} s)"))
     source = Path(args.model)
     if source.is_file() and source.suffix.lower() not in {".onnx", *SPEC_SUFFIXES}:
         raise InputError(f"{source}: neither a spec (.yaml, .json) nor an exported model (.onnx); "
@@ -101,9 +109,11 @@ def run(args) -> int:
         from exporters import export_onnx
 
         from .export import resolve
+        say(f"building {args.model}")
         graph, module = resolve(args.model, args.weights, args.seed)
         with tempfile.TemporaryDirectory(prefix="cnngraph-bench-") as folder:
             path = Path(folder) / f"{graph.name}.onnx"
+            say(f"exporting {graph.name} to ONNX")
             export_onnx(graph, module, path)
             rows = compare(module, path, sizes, macs=graph.macs_for(False), **options)
         name = graph.name

@@ -4,8 +4,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from ..errors import ExportError
 from ..files import read_weights
 
@@ -52,6 +50,8 @@ def resolve(source: str, weights: Path | None, seed: int):
     """(graph, module) for a source: a run directory gives its spec and best weights (its last
     ones, said on stdout, before an epoch has finished); else the spec (file or zoo name) with
     `weights`, or a random initialisation seeded by `seed`."""
+    import torch
+
     import cnngraph
 
     run_dir = Path(source)

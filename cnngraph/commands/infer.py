@@ -2,6 +2,7 @@
 
 A model whose first output is (N, classes) prints the top-k classes per input (softmax applied
 unless the rows already are probabilities); any other model has its outputs written to an .npz.
+A model with several inputs takes .npz files holding one array per input name.
 """
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import numpy as np
 from . import about
 from ..errors import InputError
 from ..files import atomic_write
-from ..runtime import Predictor, load_inputs, load_named_inputs
 
 log = logging.getLogger("cnngraph.runtime")
 
@@ -56,7 +56,8 @@ def top_k(probs: np.ndarray, k: int, classes) -> list[list[dict]]:
     k = min(k, probs.shape[1])
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     return [[{"index": int(i), "class": classes[i] if classes and i < len(classes) else str(int(i)),
-              "probability": float(row[i])} for i in idx] for row, idx in zip(probs, order)]
+              "probability": float(row[i]) if np.isfinite(row[i]) else None}  # JSON has no NaN
+             for i in idx] for row, idx in zip(probs, order)]
 
 
 def predict(predictor: Predictor, x: np.ndarray | dict[str, np.ndarray],
@@ -112,6 +113,8 @@ def _expected(predictor: Predictor, spec) -> tuple[int, ...] | None:
 
 
 def run(args) -> int:
+    from ..runtime import Predictor, load_inputs, load_named_inputs
+
     if args.batch_size < 1 or args.top_k < 1:
         raise InputError("--batch-size and --top-k must be at least 1")
     predictor = Predictor(args.model, args.device)
@@ -133,7 +136,9 @@ def run(args) -> int:
             print(json.dumps([{"input": name, "top_k": r} for name, r in zip(labels, ranked)], indent=1))
         else:
             for name, r in zip(labels, ranked):
-                print(f"{name}: " + ", ".join(f"{c['class']} {c['probability']:.3f}" for c in r))
+                print(f"{name}: " + ", ".join(f"{c['class']} " + ("nan" if c["probability"] is None
+                                                                  else f"{c['probability']:.3f}")
+                                              for c in r))
     if out_path:
         shapes = {n: list(o.shape) for n, o in zip(predictor.output_names, outputs)}
         if args.json and not classifier:

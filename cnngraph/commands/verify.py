@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..errors import InputError
 from .export import add_weight_options, resolve
@@ -33,6 +32,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     import onnx
+    import torch
 
     if not args.model.is_file():
         raise InputError(f"{args.model}: no such model file")

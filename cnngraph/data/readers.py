@@ -13,12 +13,11 @@ from pathlib import Path
 
 import numpy as np
 from ..errors import DataError
-from ..files import read_image
+from ..files import MAX_DATA_BYTES, read_image
 from .dataset import Dataset, split
 
 # --- MNIST / Fashion-MNIST IDX ------------------------------------------------------------
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-MAX_DATA_BYTES = 1 << 32  # 4 GiB: the most a dataset file may hold once decompressed
 
 
 def _open_bytes(path: Path) -> bytes:
@@ -282,7 +281,13 @@ def read_npz(path: Path, val_fraction: float) -> Dataset:
                         "y=...))")
     try:
         with np.load(path, allow_pickle=False) as f:
+            unpacked = sum(info.file_size for info in f.zip.infolist())
+            if unpacked > MAX_DATA_BYTES:  # a small compressed .npz can inflate to any size
+                raise DataError(f"{path}: holds {unpacked:,} bytes once unpacked, more than the "
+                                f"{MAX_DATA_BYTES:,} cnngraph reads into memory")
             arrays = {k: f[k] for k in f.files}
+    except DataError:
+        raise
     except Exception as exc:  # noqa: BLE001 - OSError, ValueError (object arrays: never
         # unpickled), BadZipFile, EOFError, zlib.error: all a damaged or foreign file
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -1,8 +1,7 @@
 """Element-wise activations and softmax: stateless, lowered to a torch function call."""
 from __future__ import annotations
 
-import torch
-from torch.nn import functional as F
+import importlib
 
 from . import register
 from .base import Attr, Call, Op, ShapeError
@@ -11,14 +10,15 @@ from .base import Attr, Call, Op, ShapeError
 class _Pointwise(Op):
     """Same shape out as in, no parameters, receptive field unchanged."""
 
-    fn = None  # the torch function
+    fn = ""  # the torch function, "module.name" (imported when a network is built)
     onnx_op = None  # the ONNX op of the same meaning
 
     def infer(self, node, ins):
         return ins[0]
 
     def torch(self, node, ins):
-        return Call(type(self).fn, dict(node.attrs))
+        module, _, name = self.fn.rpartition(".")
+        return Call(getattr(importlib.import_module(module), name), dict(node.attrs))
 
     def onnx(self, ctx, node, inputs):
         return ctx.op(type(self).onnx_op, *inputs)
@@ -29,7 +29,7 @@ class ReLU(_Pointwise):
     """max(x, 0)."""
 
     name = "relu"
-    fn = torch.relu
+    fn = "torch.relu"
     onnx_op = "Relu"
 
 
@@ -39,7 +39,7 @@ class LeakyReLU(_Pointwise):
 
     name = "leaky_relu"
     attrs = {"negative_slope": Attr(0.01, "slope for negative inputs", "float")}
-    fn = F.leaky_relu
+    fn = "torch.nn.functional.leaky_relu"
 
     def onnx(self, ctx, node, inputs):
         return ctx.op("LeakyRelu", *inputs, alpha=node.attrs["negative_slope"])
@@ -50,7 +50,7 @@ class Sigmoid(_Pointwise):
     """1 / (1 + exp(-x))."""
 
     name = "sigmoid"
-    fn = torch.sigmoid
+    fn = "torch.sigmoid"
     onnx_op = "Sigmoid"
 
 
@@ -59,7 +59,7 @@ class Tanh(_Pointwise):
     """The hyperbolic tangent (LeNet-5's squashing function, unscaled)."""
 
     name = "tanh"
-    fn = torch.tanh
+    fn = "torch.tanh"
     onnx_op = "Tanh"
 
 
@@ -78,6 +78,8 @@ class Softmax(_Pointwise):
         return ins[0]
 
     def torch(self, node, ins):
+        from torch.nn import functional as F
+
         return Call(F.softmax, {"dim": node.attrs["axis"]})
 
     def onnx(self, ctx, node, inputs):

@@ -8,6 +8,7 @@ from typing import Any, Callable, ClassVar
 
 from .. import limits
 from ..graph import Node, Shape
+from ..limits import describe
 
 REQUIRED = object()  # marks an attribute the spec must give
 
@@ -48,11 +49,11 @@ class Attr:
         kind = self.kind
         if kind == "int":
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"expected an integer, got {limits.describe(value)}")
+                raise ValueError(f"expected an integer, got {describe(value)}")
             return self._in_range(value, limits.MAX_DIM)
         if kind == "float":
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"expected a number, got {limits.describe(value)}")
+                raise ValueError(f"expected a number, got {describe(value)}")
             try:
                 limits.number(value)
             except limits.LimitError as exc:
@@ -60,11 +61,12 @@ class Attr:
             return float(self._in_range(value, None))
         if kind == "bool":
             if not isinstance(value, bool):
-                raise ValueError(f"expected true or false, got {value!r}")
+                raise ValueError(f"expected true or false, got {describe(value)}")
             return value
         if kind == "str":
             if not isinstance(value, str) or (self.choices and value not in self.choices):
-                raise ValueError(f"expected one of {', '.join(self.choices or ())}, got {value!r}")
+                raise ValueError(f"expected one of {', '.join(self.choices or ())}, got "
+                                 f"{describe(value)}")
             return value
         if kind == "ints":
             vals = [self._in_range(v, limits.MAX_SIZE) for v in _int_list(value, (1, 2))]
@@ -103,7 +105,7 @@ class Attr:
         high = self.max if self.max is not None else default_max
         if ((self.min is not None and value < self.min) or (high is not None and value > high)
                 or (self.positive and value <= 0)):
-            raise ValueError(f"must be {self.bounds(default_max)}, got {limits.describe(value)}")
+            raise ValueError(f"must be {self.bounds(default_max)}, got {describe(value)}")
         return value
 
 
@@ -113,7 +115,7 @@ def _int_list(value: Any, lengths: tuple[int, ...], extra: str = "") -> list[int
             or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in vals)):
         shapes = " or ".join("an integer" if n == 1 else f"a list of {n} integers" for n in lengths)
         raise ValueError(f"expected {shapes} (non-negative){extra}, got "
-                         f"{limits.describe(value)}")
+                         f"{describe(value)}")
     return list(vals)
 
 

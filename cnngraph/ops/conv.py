@@ -3,15 +3,13 @@ deform_conv2d (DCN v1/v2, the kernel from `custom_ops`) and gated_conv2d.
 
 Initialisation follows torchvision's ReLU nets (VGG, ResNet): weights kaiming-normal with
 fan_out, biases zero. A deformable layer's offset/mask convolution starts at zero, so it
-begins as a plain convolution (DCN papers)."""
+begins as a plain convolution (DCN papers). The torch modules are in `modules.py`, imported
+only when a network is built."""
 from __future__ import annotations
 
 import math
 
 import numpy as np
-import torch
-from torch import nn
-from torch.nn import functional as F
 
 from ..graph import Node, Shape
 from . import register
@@ -76,84 +74,6 @@ def check_groups(groups: int, channels: int, what: str) -> None:
 def conv_window(node: Node):
     k, d, s = node.attrs["kernel"], node.attrs["dilation"], node.attrs["stride"]
     return tuple((effective(k[i], d[i]), s[i]) for i in range(2))
-
-
-# --- torch helpers ----------------------------------------------------------------------------
-def init_conv(conv: nn.Module) -> nn.Module:
-    """torchvision's ReLU-net convolution init: kaiming-normal (fan_out), zero bias."""
-    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-    if conv.bias is not None:
-        nn.init.zeros_(conv.bias)
-    return conv
-
-
-class PaddedConv2d(nn.Conv2d):
-    """An nn.Conv2d behind an explicit zero pad (for "same" or asymmetric padding); its
-    parameters are still `weight` and `bias`."""
-
-    def __init__(self, *args, pads: tuple[int, int, int, int], **kwargs):
-        super().__init__(*args, **kwargs)
-        top, left, bottom, right = pads
-        self.pads = (left, right, top, bottom)  # F.pad's order: last dim first
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(F.pad(x, self.pads))
-
-
-def make_conv2d(c: int, node: Node, pads: tuple[int, int, int, int]) -> nn.Conv2d:
-    a = node.attrs
-    common = dict(kernel_size=a["kernel"], stride=a["stride"], dilation=a["dilation"],
-                  groups=a["groups"], bias=a["bias"])
-    top, left, bottom, right = pads
-    if (top, left) == (bottom, right):
-        return init_conv(nn.Conv2d(c, a["out"], padding=(top, left), **common))
-    return init_conv(PaddedConv2d(c, a["out"], pads=pads, **common))
-
-
-class TableConv2d(nn.Module):
-    """A convolution in which output channel o sees only the input channels table[o] (LeNet-5's
-    C3). `weight` holds just the connected kernels, one (kh, kw) per connection, so the module's
-    parameter count is the layer's; `dense_weight()` scatters them into the (out, in, kh, kw)
-    weight of the equivalent dense convolution (zeros where there is no connection)."""
-
-    def __init__(self, in_channels: int, table: tuple[tuple[int, ...], ...],
-                 kernel: tuple[int, int], stride, pads, dilation, bias: bool):
-        super().__init__()
-        self.in_channels, self.out_channels, self.kernel_size = in_channels, len(table), kernel
-        self.stride, self.dilation = stride, dilation
-        top, left, bottom, right = pads
-        self.pads = (left, right, top, bottom)
-        flat = [o * in_channels + i for o, row in enumerate(table) for i in row]
-        self.register_buffer("index", torch.tensor(flat), persistent=False)
-        self.weight = nn.Parameter(torch.empty(len(flat), *kernel))
-        self.bias = nn.Parameter(torch.zeros(len(table))) if bias else None
-        fan_out = self.out_channels * kernel[0] * kernel[1]
-        nn.init.normal_(self.weight, 0.0, math.sqrt(2.0 / fan_out))
-
-    def dense_weight(self) -> torch.Tensor:
-        kh, kw = self.kernel_size
-        dense = self.weight.new_zeros(self.out_channels * self.in_channels, kh, kw)
-        dense = dense.index_copy(0, self.index, self.weight)
-        return dense.view(self.out_channels, self.in_channels, kh, kw)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(F.pad(x, self.pads), self.dense_weight(), self.bias, self.stride, 0,
-                        self.dilation)
-
-    def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"connections={self.weight.shape[0]}")
-
-
-class GatedConv(nn.Module):
-    """y = conv(x) * sigmoid(gate(x)): the gated linear unit over two parallel convolutions."""
-
-    def __init__(self, conv: nn.Conv2d, gate: nn.Conv2d):
-        super().__init__()
-        self.conv, self.gate = conv, gate
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x) * torch.sigmoid(self.gate(x))
 
 
 # --- ops --------------------------------------------------------------------------------------
@@ -241,6 +161,8 @@ class Conv2d(Op):
         return conv_window(node)
 
     def torch(self, node, ins):
+        from .modules import TableConv2d, make_conv2d
+
         c, h, w = ins[0][1:]
         pads = resolve_padding(node, (h, w))
         a = node.attrs
@@ -320,6 +242,10 @@ class ConvTranspose2d(Op):
         return tuple(((effective(k[i], d[i]) - 1) / s[i] + 1, 1 / s[i]) for i in range(2))
 
     def torch(self, node, ins):
+        from torch import nn
+
+        from .modules import init_conv
+
         a = node.attrs
         return init_conv(nn.ConvTranspose2d(
             ins[0][1], a["out"], a["kernel"], a["stride"], a["padding"], a["output_padding"],
@@ -388,6 +314,8 @@ class DeformConv2d(Op):
     def torch(self, node, ins):
         from custom_ops import DeformConv2d as Deform
 
+        from .modules import init_conv
+
         a = node.attrs
         layer = Deform(ins[0][1], a["out"], a["kernel"], stride=a["stride"],
                        padding=a["padding"], dilation=a["dilation"], groups=a["groups"],
@@ -437,6 +365,8 @@ class GatedConv2d(Op):
         return conv_window(node)
 
     def torch(self, node, ins):
+        from .modules import GatedConv, make_conv2d
+
         c, h, w = ins[0][1:]
         pads = resolve_padding(node, (h, w))
         return GatedConv(make_conv2d(c, node, pads), make_conv2d(c, node, pads))

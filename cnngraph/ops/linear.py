@@ -2,8 +2,6 @@
 weights normal(0, 0.01), biases zero."""
 from __future__ import annotations
 
-from torch import nn
-
 from . import register
 from .base import REQUIRED, Attr, Op, ShapeError
 from .tensor import fmt, need_positive
@@ -35,6 +33,8 @@ class Linear(Op):
         return ins[0][1] * node.attrs["out"]
 
     def torch(self, node, ins):
+        from torch import nn
+
         layer = nn.Linear(ins[0][1], node.attrs["out"], bias=node.attrs["bias"])
         nn.init.normal_(layer.weight, 0.0, 0.01)
         if layer.bias is not None:

@@ -3,8 +3,6 @@ normalisation (AlexNet's across-channels LRN and Caffe's within-channel variant,
 `custom_ops`)."""
 from __future__ import annotations
 
-from torch import nn
-
 from .. import limits
 from . import register
 from .base import Attr, Op, ShapeError
@@ -33,6 +31,8 @@ class BatchNorm(Op):
         return 2 * ins[0][1]
 
     def torch(self, node, ins):
+        from torch import nn
+
         kind = nn.BatchNorm2d if len(ins[0]) == 4 else nn.BatchNorm1d
         return kind(ins[0][1], eps=node.attrs["eps"], momentum=node.attrs["momentum"])
 

@@ -5,9 +5,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
-from torch import nn
-from torch.nn import functional as F
 
 from ..graph import Node
 from . import register
@@ -62,6 +59,8 @@ class MaxPool2d(Op):
 
     def torch(self, node, ins):
         a = node.attrs
+        from torch.nn import functional as F
+
         return Call(F.max_pool2d, {"kernel_size": a["kernel"], "stride": _stride(node),
                                    "padding": a["padding"], "dilation": a["dilation"],
                                    "ceil_mode": a["ceil_mode"]})
@@ -89,6 +88,8 @@ class AvgPool2d(Op):
 
     def torch(self, node, ins):
         a = node.attrs
+        from torch.nn import functional as F
+
         return Call(F.avg_pool2d, {"kernel_size": a["kernel"], "stride": _stride(node),
                                    "padding": a["padding"], "ceil_mode": a["ceil_mode"],
                                    "count_include_pad": a["count_include_pad"]})
@@ -115,6 +116,8 @@ class GlobalAvgPool2d(Op):
         return "global"
 
     def torch(self, node, ins):
+        from torch.nn import functional as F
+
         return Call(F.adaptive_avg_pool2d, {"output_size": (1, 1)})
 
     def onnx(self, ctx, node, inputs):
@@ -146,6 +149,8 @@ class AdaptiveAvgPool2d(Op):
         return tuple(adaptive_bins(n, s) for n, s in zip(ins[0][2:], node.attrs["size"]))
 
     def torch(self, node, ins):
+        from torch.nn import functional as F
+
         return Call(F.adaptive_avg_pool2d, {"output_size": node.attrs["size"]})
 
     def onnx(self, ctx, node, inputs):
@@ -171,21 +176,6 @@ class AdaptiveAvgPool2d(Op):
         return matrix
 
 
-class Subsample(nn.Module):
-    """LeNet-5's subsampling: y[c] = weight[c] * (sum of a kernel window of x[c]) + bias[c].
-    Starts as plain average pooling (weight 1/(kh*kw), bias 0)."""
-
-    def __init__(self, channels: int, kernel: tuple[int, int], stride: tuple[int, int]):
-        super().__init__()
-        self.kernel, self.stride = kernel, stride
-        self.weight = nn.Parameter(torch.full((channels,), 1.0 / math.prod(kernel)))
-        self.bias = nn.Parameter(torch.zeros(channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        window_sum = F.avg_pool2d(x, self.kernel, self.stride) * math.prod(self.kernel)
-        return window_sum * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
-
-
 @register
 class Subsample2d(Op):
     """LeNet-5's trainable subsampling (S2, S4): the sum of each window times a learned
@@ -207,6 +197,8 @@ class Subsample2d(Op):
         return _pool_window(node)
 
     def torch(self, node, ins):
+        from .modules import Subsample
+
         return Subsample(ins[0][1], node.attrs["kernel"], _stride(node))
 
     def onnx(self, ctx, node, inputs):

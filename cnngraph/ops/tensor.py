@@ -5,12 +5,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
-from torch import nn
-from torch.nn import functional as F
 
 from .. import limits
 from ..graph import BATCH, Node, Shape
+from ..limits import describe
 from . import register
 from .base import REQUIRED, Attr, Call, Op, ShapeError
 
@@ -66,7 +64,7 @@ class Input(Op):
         if (not isinstance(shape, (list, tuple)) or len(shape) not in (1, 3)
                 or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape)):
             raise ShapeError(f"input shape must be [C, H, W] or [F] of positive integers, "
-                             f"got {shape!r}")
+                             f"got {describe(shape)}")
         return (BATCH, *shape)
 
 
@@ -80,6 +78,8 @@ class Identity(Op):
         return ins[0]
 
     def torch(self, node, ins):
+        from torch import nn
+
         return nn.Identity()
 
     def onnx(self, ctx, node, inputs):
@@ -101,6 +101,8 @@ class Dropout(Op):
         return ins[0]
 
     def torch(self, node, ins):
+        from torch import nn
+
         return nn.Dropout(node.attrs["p"])
 
     def onnx(self, ctx, node, inputs):
@@ -128,6 +130,8 @@ class Flatten(Op):
         return "global" if len(ins[0]) == 4 else None
 
     def torch(self, node, ins):
+        import torch
+
         return Call(torch.flatten, {"start_dim": node.attrs["start_dim"]})
 
     def onnx(self, ctx, node, inputs):
@@ -146,38 +150,20 @@ def _same_shapes(op: str, ins: list[Shape]) -> Shape:
     return ins[0]
 
 
-def add(*xs: torch.Tensor) -> torch.Tensor:
-    """Sum of equal-shaped tensors."""
-    out = xs[0]
-    for x in xs[1:]:
-        out = out + x
-    return out
-
-
-def mul(*xs: torch.Tensor) -> torch.Tensor:
-    """Element-wise product of equal-shaped tensors."""
-    out = xs[0]
-    for x in xs[1:]:
-        out = out * x
-    return out
-
-
-def concat(*xs: torch.Tensor, dim: int) -> torch.Tensor:
-    return torch.cat(xs, dim)
-
-
 class _Elementwise(Op):
     """Two or more tensors of the same shape folded pairwise by `fn` (ONNX: `onnx_op`)."""
 
     min_inputs, max_inputs = 2, None
-    fn: staticmethod
+    fn: str  # the name of the function in modules.py
     onnx_op: str
 
     def infer(self, node, ins):
         return _same_shapes(self.name, ins)
 
     def torch(self, node, ins):
-        return Call(type(self).fn, {})
+        from . import modules
+
+        return Call(getattr(modules, self.fn), {})
 
     def onnx(self, ctx, node, inputs):
         out = inputs[0]
@@ -191,7 +177,7 @@ class Add(_Elementwise):
     """Element-wise sum of two or more tensors of the same shape (residual connections)."""
 
     name = "add"
-    fn = staticmethod(add)
+    fn = "add"
     onnx_op = "Add"
 
 
@@ -200,7 +186,7 @@ class Mul(_Elementwise):
     """Element-wise product of two or more tensors of the same shape (gating)."""
 
     name = "mul"
-    fn = staticmethod(mul)
+    fn = "mul"
     onnx_op = "Mul"
 
 
@@ -229,6 +215,8 @@ class Concat(Op):
         return (*first[:axis], sum(s[axis] for s in ins), *first[axis + 1:])
 
     def torch(self, node, ins):
+        from .modules import concat
+
         return Call(concat, {"dim": node.attrs["axis"]})
 
     def onnx(self, ctx, node, inputs):
@@ -242,7 +230,7 @@ def upsample_scale(node: Node) -> tuple[float, float]:
     if (len(values) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, float))
                                 or not 0 < v <= limits.MAX_SIZE for v in values)):
         raise ShapeError(f"upsample scale must be a number in (0, {limits.MAX_SIZE:,}] or "
-                         f"[sh, sw], got {limits.describe(scale)}")
+                         f"[sh, sw], got {describe(scale)}")
     return values[0], values[1]
 
 
@@ -272,6 +260,8 @@ class Upsample(Op):
         return ((1, 1 / sh), (1, 1 / sw))
 
     def torch(self, node, ins):
+        from torch.nn import functional as F
+
         mode = node.attrs["mode"]
         return Call(F.interpolate, {
             "scale_factor": upsample_scale(node), "mode": mode,

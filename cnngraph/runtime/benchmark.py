@@ -73,10 +73,12 @@ def model_input_shapes(model_path: str | Path) -> dict[str, list]:
 
 def compare(module, model_path: str | Path, batch_sizes: list[int], *, device: str = "cpu",
             fp16: bool = False, compile: bool = False, cuda_graph: bool = False,
-            seed: int = 0, macs: int | None = None, **timing) -> list[Timing]:
+            seed: int = 0, macs: int | None = None,
+            progress: Callable[[str], None] | None = None, **timing) -> list[Timing]:
     """Time `module` (torch, None for onnxruntime only) and the exported model at each batch
     size on one device, on the same seeded inputs; with `macs` (per sample) each row also gets
-    its multiply-accumulate rate. Parity: the largest absolute difference
+    its multiply-accumulate rate. `progress` is told each phase as it starts (a big model takes
+    minutes in all). Parity: the largest absolute difference
     from torch eager in float32 over the largest eager magnitude (random-init nets can have
     huge logits); fp16 runs are compared against that float32 reference too.
 
@@ -87,6 +89,8 @@ def compare(module, model_path: str | Path, batch_sizes: list[int], *, device: s
     of `measure` and the load note of `busy_note` deal with."""
     import torch
     torch.set_num_threads(physical_cores())
+    say = progress or (lambda message: None)
+    threads = f"{torch.get_num_threads()} threads"
     on_cuda = resolve_device(device) == CUDA
     tdev = torch.device("cuda" if on_cuda else "cpu")
     sync = torch.cuda.synchronize if on_cuda else None
@@ -105,11 +109,13 @@ def compare(module, model_path: str | Path, batch_sizes: list[int], *, device: s
         with torch.inference_mode():
             for batch, x in inputs.items():
                 xt = [torch.from_numpy(a).to(tdev) for a in x]
+                say(f"torch eager, batch {batch}, {threads}")
                 references[batch] = _first(module.float()(*xt)).float().cpu().numpy()
                 runner, xr = (module.half(), [t.half() for t in xt]) if fp16 else (module, xt)
                 eager = measure(lambda: runner(*xr), batch, "torch eager", sync=sync, **timing)
                 eager_rows[batch].append(eager)
                 if compile:
+                    say(f"torch.compile, batch {batch}: compiling, then timing")
                     if compiled is None:
                         compiled = torch.compile(runner)
                     try:
@@ -123,10 +129,12 @@ def compare(module, model_path: str | Path, batch_sizes: list[int], *, device: s
                     t = measure(lambda: compiled(*xr), batch, "torch.compile", sync=sync, **timing)
                     eager_rows[batch].append(_against(t, eager, out, references[batch]))
         module.float()
+    say("onnxruntime: creating the session")
     predictor = Predictor(model_path, "cuda" if on_cuda else "cpu", fp16=fp16, cuda_graph=cuda_graph)
     rows: list[Timing] = []
     for batch, x in inputs.items():
         eager = eager_rows[batch][0] if eager_rows[batch] else None
+        say(f"onnxruntime, batch {batch}")
         if on_cuda:   # inputs and outputs stay on the GPU (IO binding), as a pipeline would
             xt = [torch.from_numpy(a).to(tdev) for a in x]
             out = predictor.run_torch(*xt)[0].float().cpu().numpy()

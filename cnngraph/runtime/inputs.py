@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import logging
-import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError
+from ..files import MAX_DATA_BYTES
 
 log = logging.getLogger("cnngraph.runtime")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -213,26 +213,42 @@ def load_inputs(paths: list[Path], meta: ModelMeta, input_name: str,
     return np.concatenate(batches), labels
 
 
-def _read_array(path: Path, input_name: str) -> np.ndarray:
-    """A .npy array, or from a .npz the array named like the model input, else `x`, else the
-    only array it holds. Never unpickles."""
+def _read_numpy(path: Path, pick) -> np.ndarray | dict[str, np.ndarray]:
+    """A .npy's array, or the arrays of an .npz that `pick(names in it)` chooses (it raises
+    its own InputError to refuse them). Never unpickles; a member bigger than MAX_DATA_BYTES
+    unpacked is refused before it is read (a deflated .npz inflates to any size); any damage
+    is one InputError line."""
     try:
         data = np.load(path, allow_pickle=False)
         if isinstance(data, np.ndarray):
             return data
         with data:
-            key = next((k for k in (input_name, "x") if k in data.files),
-                       data.files[0] if len(data.files) == 1 else None)
-            if key is None:
-                raise InputError(f"{path}: holds arrays {data.files}; name the input array "
-                                 f"'{input_name}' or 'x'")
-            return data[key]
+            names = pick(data.files)
+            for name in names:
+                member = name if name in data.zip.namelist() else f"{name}.npy"
+                size = data.zip.getinfo(member).file_size
+                if size > MAX_DATA_BYTES:
+                    raise InputError(f"{path}: array '{name}' holds {size:,} bytes unpacked, "
+                                     f"more than the {MAX_DATA_BYTES:,} cnngraph reads into memory")
+            return {name: data[name] for name in names}
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - numpy and zipfile raise OSError, ValueError
         # (object arrays: never unpickled), BadZipFile, EOFError, zlib.error on damaged files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{path}: cannot read it as a NumPy file ({reason})") from None
+        raise InputError(f"{path}: cannot read it as a NumPy file ({_first_line(exc)})") from None
+
+
+def _read_array(path: Path, input_name: str) -> np.ndarray:
+    """A .npy array, or from a .npz the array named like the model input, else `x`, else the
+    only array it holds."""
+    def pick(files: list[str]) -> list[str]:
+        key = next((k for k in (input_name, "x") if k in files), files[0] if len(files) == 1 else None)
+        if key is None:
+            raise InputError(f"{path}: holds arrays {files}; name the input array "
+                             f"'{input_name}' or 'x'")
+        return [key]
+    data = _read_numpy(path, pick)
+    return data if isinstance(data, np.ndarray) else next(iter(data.values()))
 
 
 def load_named_inputs(paths: list[Path], meta: ModelMeta, expected: dict[str, tuple[int, ...] | None]
@@ -271,27 +287,21 @@ def load_named_inputs(paths: list[Path], meta: ModelMeta, expected: dict[str, tu
 
 def _read_named(path: Path, names: list[str], wanted: str) -> dict[str, np.ndarray]:
     """The arrays `names` of an .npz, exactly those (one InputError naming the missing and
-    extra ones otherwise). Never unpickles."""
-    unreadable = (OSError, ValueError, EOFError, zipfile.BadZipFile)
-    try:
-        data = np.load(path, allow_pickle=False)
-    except unreadable as exc:
-        raise InputError(f"{path}: cannot read it as a NumPy .npz file ({_first_line(exc)})") from None
-    if isinstance(data, np.ndarray):
-        raise InputError(f"{path}: holds one unnamed array (a .npy); this model takes {wanted}: "
-                         "save one array per input name with np.savez")
-    with data:
-        missing = [n for n in names if n not in data.files]
-        extra = [n for n in data.files if n not in names]
+    extra ones otherwise)."""
+    def pick(files: list[str]) -> list[str]:
+        missing = [n for n in names if n not in files]
+        extra = [n for n in files if n not in names]
         if missing or extra:
             said = "; ".join(f"{label} {', '.join(keys)}" for label, keys in
                              (("missing", missing), ("unexpected", extra)) if keys)
-            raise InputError(f"{path}: holds arrays {', '.join(data.files) or 'none'} ({said}); "
+            raise InputError(f"{path}: holds arrays {', '.join(files) or 'none'} ({said}); "
                              f"the model takes one array per input: {wanted}")
-        try:
-            return {n: data[n] for n in names}
-        except unreadable as exc:  # a damaged member, an object array (pickles are refused)
-            raise InputError(f"{path}: cannot read its arrays ({_first_line(exc)})") from None
+        return names
+    data = _read_numpy(path, pick)
+    if isinstance(data, np.ndarray):
+        raise InputError(f"{path}: holds one unnamed array (a .npy); this model takes {wanted}: "
+                         "save one array per input name with np.savez")
+    return data
 
 
 def _first_line(exc: Exception) -> str:

@@ -253,7 +253,15 @@ def float16_model(path: Path) -> Path:
     for folder in folders:
         if (folder / name).exists():
             return folder / name
-    model = to_float16(onnx.load(str(path)), inline=True)
+    from ..files import read_onnx
+    model = read_onnx(path)  # junk is one line here too
+    try:
+        onnx.load_external_data_for_model(model, str(path.parent))
+    except Exception as exc:  # noqa: BLE001 - a missing or short external-data file
+        raise InputError(f"{path}: its external weights cannot be read ({type(exc).__name__}: "
+                         f"{str(exc).strip()[:160]}); keep the .onnx and its data file together"
+                         ) from None
+    model = to_float16(model, inline=True)
     for folder in folders:
         tmp = folder / f".{name}.tmp"
         try:

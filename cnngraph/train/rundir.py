@@ -10,6 +10,10 @@ same folder, fsync, os.replace), so a kill at any moment leaves the old or the n
     best.safetensors   weights of the best validation top-1 so far
     metrics.jsonl      one JSON object per epoch
     curves.png         loss and accuracy curves
+    .lock              flock-ed by the process writing the run (holds its PID)
+
+Each epoch writes checkpoint, last, best, metrics, curves in that order: all after the
+checkpoint derive from it, and a resume rewrites whichever of them a kill left behind.
 """
 from __future__ import annotations
 
