@@ -837,7 +837,7 @@ def run_case(case: Case, workdir: str) -> dict:
                 f.write(case.data)
             target = file
         if case.cli is not None:
-            result["stage"] = "cli"
+            result["stage"], result["cli"] = "cli", True
             problem = _cli_problem(["show", file, *case.cli])
             if problem:
                 result.update(outcome="finding", error="CLI", where="cnngraph show",
@@ -914,7 +914,8 @@ def _pipeline(graph, result: dict, workdir: str, index: int) -> None:
     module.train()
     outs = module(*inputs)
     loss = sum(o.float().sum() for o in (outs.values() if isinstance(outs, dict) else [outs]))
-    loss.backward()
+    if loss.requires_grad:  # a net of no parameters (concat of its inputs) has no gradient
+        loss.backward()
     module.eval()
     with torch.no_grad():
         expected = module(*inputs)
@@ -1080,6 +1081,7 @@ class Report:
         for (stage, outcome), n in sorted(self.outcomes().items(),
                                           key=lambda kv: (order.get(kv[0][0], 9), kv[0][1])):
             lines.append(f"  {stage:12} {outcome:8} {n}")
+        lines.append(f"  (`cnngraph show` also run on {sum('cli' in r for r in self.results)})")
         by_cause: dict[tuple, list[dict]] = {}
         for r in self.findings:
             by_cause.setdefault((r.get("error", r["outcome"]), r.get("where", "?"),
