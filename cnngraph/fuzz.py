@@ -21,6 +21,7 @@ import math
 import os
 import random
 import re
+import reprlib
 import select
 import subprocess
 import sys
@@ -283,13 +284,18 @@ def _copy(value: Any) -> Any:
         return value
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 3, 6, 4, 30, 30
+_SHOW = reprlib.Repr()  # a spec that YAML cannot write (a huge int, a tuple key), for --show
+_SHOW.maxlevel, _SHOW.maxlist, _SHOW.maxdict, _SHOW.maxstring, _SHOW.maxother = 5, 12, 40, 200, 200
+
+
 def _short(value: Any) -> str:
+    """A repr of at most ~40 characters, bounded in depth and width (a bomb or a cycle too)."""
     try:
-        text = repr(value)
+        text = _REPR.repr(value)
     except ValueError:  # an int past the 4,300-digit limit, maybe inside a list
         text = f"<{type(value).__name__} holding a number past 4,300 digits>"
-    except RecursionError:
-        text = f"<{type(value).__name__} nested too deep to print>"
     return text if len(text) <= 40 else text[:37] + "..."
 
 
@@ -1162,7 +1168,7 @@ def run(seed: int = 0, cases: int = 2000, *, start: int = 0, workers: int = 2,
 def show(seed: int, index: int) -> str:
     """One case in full: what was done to which source, and the spec as loaded."""
     case = make_case(seed, index)
-    data = case.data if case.form != "dict" else (_dump(case.data, ".yaml") or repr(case.data)[:5000])
+    data = case.data if case.form != "dict" else (_dump(case.data, ".yaml") or _SHOW.repr(case.data))
     return case.describe() + "\n" + data
 
 
