@@ -12,7 +12,7 @@ import importlib.metadata
 import os
 import sys
 
-from .errors import CnnGraphError
+from .errors import CnnGraphError, one_line
 
 COMMANDS = ["zoo", "show", "ops", "train", "export", "verify", "infer", "bench", "demo"]
 
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except CnnGraphError as exc:
-        print(f"cnngraph {args.command}: error: {exc}", file=sys.stderr)
+        print(f"cnngraph {args.command}: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"cnngraph {args.command}: interrupted", file=sys.stderr)

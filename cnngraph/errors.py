@@ -25,7 +25,8 @@ MAX_MESSAGE = 2000  # characters: a message that echoes values is cut in the mid
 
 def one_line(text: str) -> str:
     """`text` with newlines and other unprintable characters escaped (as repr writes them), so
-    that a message naming a hostile value still prints as one line."""
+    that a message naming a hostile value still prints as one line (SpecError applies it, the
+    CLI applies it to every error it prints)."""
     if not text.isprintable():
         text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
     if len(text) > MAX_MESSAGE:  # keep the place (the start) and the fix (the end)

@@ -114,13 +114,15 @@ class Expander:
                              "instance evaluates its own): lower `repeat` or the number of keys",
                              mapping, path, key)
 
-    def name(self, value: Any, what: str, mapping: Any, path: str | None, key: str) -> str:
-        """`value` when it is a name ([A-Za-z_][A-Za-z0-9_]*); a SpecError naming `what`."""
-        if (not isinstance(value, str) or not NAME.fullmatch(value)
-                or len(value) > limits.MAX_NAME):
-            raise self.error(f"{what} {describe(value)} is not a name: write one "
-                             f"matching [A-Za-z_][A-Za-z0-9_]* (at most {limits.MAX_NAME} "
-                             "characters)", mapping, path, key)
+    def name(self, value: Any, what: str, mapping: Any, path: str | None, key: str,
+             identifier: bool = False) -> str:
+        """`value` when it is a name: a string of at most MAX_NAME characters (an identifier,
+        [A-Za-z_][A-Za-z0-9_]*, for layer names); else a SpecError naming `what`."""
+        if (not isinstance(value, str) or not value or len(value) > limits.MAX_NAME
+                or (identifier and not NAME.fullmatch(value))):
+            rule = "matching [A-Za-z_][A-Za-z0-9_]*" if identifier else "as a string"
+            raise self.error(f"{what} {describe(value)} is not a name: write one {rule} (at "
+                             f"most {limits.MAX_NAME} characters)", mapping, path, key)
         return value
 
     # --- the whole spec ----------------------------------------------------------------------
@@ -221,6 +223,7 @@ class Expander:
             raise self.error("`outputs` must be a list of layer names or "
                              "{name, from, phase, loss_weight} mappings", spec, key="outputs")
         outputs: list[Output] = []
+        names: set[str] = set()
         for raw_entry in raw:
             mapping, key = (raw_entry, None) if isinstance(raw_entry, dict) else (spec, "outputs")
             entry = self.value(raw_entry, env, mapping, None, "outputs")
@@ -243,8 +246,9 @@ class Expander:
                     or not math.isfinite(weight) or weight < 0):
                 raise self.error(f"output '{entry['name']}': loss_weight must be a number >= 0, "
                                  f"got {describe(weight)}", mapping, key="loss_weight")
-            if any(o.name == entry["name"] for o in outputs):
+            if entry["name"] in names:
                 raise self.error(f"duplicate output name '{entry['name']}': rename one", mapping)
+            names.add(entry["name"])
             source = entry.get("from", entry["name"])
             if not isinstance(source, str):
                 raise self.error(f"output '{entry['name']}': `from` must be a layer name, got "
@@ -280,7 +284,7 @@ class Expander:
             raise self.error("layer without `name`: add `name: ...` (unique in its list)", layer,
                              scope.prefix.rstrip(".") or None)
         name = self.name(self.value(layer["name"], env, layer, None, "name"), "layer name",
-                         layer, None, "name")
+                         layer, None, "name", identifier=True)
         path = scope.prefix + name
         if name in scope.symbols:
             raise self.error(f"duplicate name '{name}': every layer in a list needs its own name "

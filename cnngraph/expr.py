@@ -53,7 +53,17 @@ def resolve_string(text: str, env: Mapping[str, Any]) -> Any:
     if whole:
         return evaluate(whole.group(1), env)
     if "${" in text:
-        return TEMPLATE.sub(lambda m: str(evaluate(m.group(1), env)), text)
+        made = [len(text)]  # characters so far: each part may be MAX_ITEMS long, not their sum
+
+        def part(match: re.Match) -> str:
+            value = str(evaluate(match.group(1), env))
+            made[0] += len(value)
+            if made[0] > MAX_ITEMS:
+                raise ExprError(f"the text {describe(text)} becomes longer than {MAX_ITEMS:,} "
+                                "characters")
+            return value
+
+        return TEMPLATE.sub(part, text)
     raise ExprError(f"{describe(text)} is neither $name nor ${{expression}}: write $name for a "
                     "parameter, ${...} for an expression")
 

@@ -165,13 +165,22 @@ def check_data(source: Source) -> dict[int, int]:
     counted: dict[int, int] = {}  # id(container) -> keys and values under it
     open_: set[int] = set()  # containers being walked: one met again is a cycle
 
-    def fail(message: str, where: str, mapping: Any, key: Any) -> SpecError:
-        return SpecError(f"`{where}`: {message}" if where else message, file=source.file,
+    def fail(message: str, where: tuple, mapping: Any, key: Any) -> SpecError:
+        """`where` is (parent's where, key or index), spelled out only here."""
+        parts = []
+        while where:
+            where, step = where
+            parts.append(f"[{step}]" if isinstance(step, int) else f".{step}")
+        path = "".join(reversed(parts)).lstrip(".")
+        return SpecError(f"`{path}`: {message}" if path else message, file=source.file,
                          line=source.line(mapping, key) if isinstance(key, str) else
                          source.line(mapping))
 
-    def walk(value: Any, where: str, depth: int, mapping: Any, key: Any) -> int:
-        if isinstance(value, (list, tuple, dict)):
+    def walk(value: Any, where: tuple, depth: int, mapping: Any, key: Any) -> int:
+        kind = type(value)
+        if kind is str or value is None:  # the common case first
+            return 1
+        if kind is dict or kind is list or kind is tuple:
             if id(value) in counted:
                 return counted[id(value)]
             if id(value) in open_:
@@ -181,26 +190,26 @@ def check_data(source: Source) -> dict[int, int]:
                 raise fail(f"nested more than {limits.MAX_DEPTH} levels deep: flatten the spec",
                            where, mapping, key)
             open_.add(id(value))
-            if isinstance(value, dict):
+            if kind is dict:
                 count = len(value)
                 for k, v in value.items():
-                    if not isinstance(k, str):
-                        raise fail(f"key {describe(k)} is not a string: keys are names",
+                    if type(k) is not str or len(k) > limits.MAX_NAME:
+                        raise fail(f"key {describe(k)} is " + (
+                            "not a string" if not isinstance(k, str) else
+                            f"longer than {limits.MAX_NAME} characters") + ": keys are names",
                                    where, value, None)
-                    if len(k) > limits.MAX_NAME:
-                        raise fail(f"key {describe(k)} is longer than {limits.MAX_NAME} "
-                                   "characters: keys are names", where, value, None)
-                    count += walk(v, f"{where}.{k}" if where else k, depth + 1, value, k)
+                    count += walk(v, (where, k), depth + 1, value, k)
             else:
-                count = sum(walk(v, f"{where}[{i}]", depth + 1, mapping, key)
-                            for i, v in enumerate(value))
+                count = 0
+                for i, v in enumerate(value):
+                    count += walk(v, (where, i), depth + 1, mapping, key)
             open_.discard(id(value))
             if count > limits.MAX_SCALARS:
                 raise fail(f"holds more than {limits.MAX_SCALARS:,} keys and values (YAML "
                            "aliases counted as copies): is this a spec?", where, mapping, key)
             counted[id(value)] = count
             return count
-        if value is not None and not isinstance(value, (str, int, float)):
+        if not isinstance(value, (str, int, float)):
             raise fail(f"{describe(value)} is not a spec value: use a string (quote it), "
                        "a number, true/false, null, a list or a mapping", where, mapping, key)
         try:
@@ -209,7 +218,7 @@ def check_data(source: Source) -> dict[int, int]:
             raise fail(f"{exc}", where, mapping, key) from None
         return 1
 
-    walk(source.data, "", 0, None, None)
+    walk(source.data, (), 0, None, None)
     return counted
 
 

@@ -465,3 +465,44 @@ def test_a_long_key_is_refused_briefly():
     spec["layers"][0]["k" * 5000] = 1
     with pytest.raises(SpecError, match=r"`layers\[0\]`: key 'kkk.*' is longer than 100 "):
         cnngraph.load(spec)
+
+
+def test_an_uneven_adaptive_pool_too_large_for_onnx_constants_is_an_export_error(tmp_path):
+    from cnngraph.errors import ExportError
+    from exporters import export_onnx
+
+    spec = {"name": "t", "input": [1, 1, 20_000],
+            "layers": [{"name": "pool", "op": "adaptive_avg_pool2d", "size": [1, 19_999]}]}
+    graph = cnngraph.load(spec)
+    with pytest.raises(ExportError, match=r"layer 'pool' .*uneven bins from 1x20000 to 1x19999 "
+                                          r"in constants of at most 16,777,216 numbers"):
+        export_onnx(graph, cnngraph.build(graph), tmp_path / "t.onnx")
+
+
+def test_the_cli_prints_any_error_on_one_line(monkeypatch, capsys):
+    from cnngraph.commands import show
+    from cnngraph.errors import InputError
+
+    def run(args):
+        raise InputError("file 'a\nb\x1b[2J' is odd")
+
+    monkeypatch.setattr(show, "run", run)
+    assert main(["show", "x"]) == 2
+    assert capsys.readouterr().err == "cnngraph show: error: file 'a\\nb\\x1b[2J' is odd\n"
+
+
+def test_text_with_many_expressions_is_bounded_as_a_whole():
+    spec = copy.deepcopy(SPEC)
+    spec["params"]["doc"] = "${'x' * 100000}-" * 60_000  # 60,000 parts of 100,000 characters
+    with pytest.raises(SpecError, match="^doc: the text .* becomes longer than 100,000 char"):
+        cnngraph.load(spec)
+
+
+def test_many_outputs_load_in_linear_time():
+    outputs = [{"name": f"o{i}", "from": "a"} for i in range(50_000)]
+    spec = {"name": "t", "input": [2], "layers": [{"name": "a", "op": "relu"}],
+            "outputs": outputs + [{"name": "o7", "from": "a"}]}
+    with pytest.raises(SpecError, match="duplicate output name 'o7'"):
+        cnngraph.load(spec)
+    spec["outputs"].pop()
+    assert len(cnngraph.load(spec).outputs) == 50_000

@@ -6,6 +6,7 @@ import json
 
 from . import about
 from ..errors import InputError
+from ..limits import describe
 
 
 def register(subparsers) -> None:
@@ -24,7 +25,7 @@ def shape_arg(text: str) -> list[int]:
         return [int(d) for d in text.split(",")]
     except ValueError:
         raise InputError(f"--input-shape must be integers separated by commas, like 1,3,224,224; "
-                         f"got {text!r}") from None
+                         f"got {describe(text)}") from None
 
 
 def run(args) -> int:

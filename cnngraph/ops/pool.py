@@ -124,6 +124,9 @@ class GlobalAvgPool2d(Op):
         return ctx.op("GlobalAveragePool", inputs[0])
 
 
+MAX_BIN_MATRIX = 1 << 24  # numbers in one averaging matrix of an uneven adaptive pool (64 MiB)
+
+
 def adaptive_bins(n: int, out: int) -> tuple[int, float]:
     """(widest bin, mean stride) of PyTorch's adaptive pooling of n cells into out bins: bin i
     covers [floor(i*n/out), ceil((i+1)*n/out))."""
@@ -162,6 +165,10 @@ class AdaptiveAvgPool2d(Op):
         if h % oh == 0 and w % ow == 0:
             kernel = [h // oh, w // ow]
             return ctx.op("AveragePool", inputs[0], kernel_shape=kernel, strides=kernel)
+        if max(h * oh, w * ow) > MAX_BIN_MATRIX:
+            ctx.unsupported(node, f"uneven bins from {h}x{w} to {oh}x{ow} in constants of at most "
+                            f"{MAX_BIN_MATRIX:,} numbers (they would need {max(h * oh, w * ow):,})"
+                            ": pick a size that divides the input")
         rows = ctx.const(self._bin_matrix(h, oh), "rows")
         cols = ctx.const(self._bin_matrix(w, ow).T.copy(), "cols")
         return ctx.op("MatMul", rows, ctx.op("MatMul", inputs[0], cols))
