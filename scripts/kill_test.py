@@ -4,9 +4,11 @@ consistent, with the weights of an uninterrupted run, bit for bit.
     .venv/bin/python scripts/kill_test.py --kills 50 --seed 0
 
 Each trial trains a tiny net (3 epochs, a checkpoint after every step) and SIGKILLs the process
-1 to 3 times at random moments (anywhere from start-up to the last write), each next start
-resuming the run (a fresh start when no run was made yet), then lets the last resume finish and
-checks every file against the checkpoint and against the reference run.
+1 to 3 times at random moments, each next start resuming the run (a fresh start when no run was
+made yet), then lets the last resume finish and checks every file against the checkpoint and
+against the reference run. A quarter of the kills land anywhere from start-up on; the others
+land uniformly in the writing phase: from the moment the process holds the run's lock (its PID
+in RUN/.lock) to the time an uninterrupted run takes from there to its end.
 """
 from __future__ import annotations
 
@@ -58,6 +60,19 @@ def command(spec: Path, data: Path, run: Path) -> list[str]:
 def start(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def holds_lock(run: Path, proc: subprocess.Popen, timeout: float) -> bool:
+    """Wait until `proc` holds the run's lock (False: it ended or `timeout` passed first)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if (run / ".lock").read_text().strip() == str(proc.pid):
+                return True
+        except OSError:
+            pass
+        time.sleep(0.005)
+    return False
 
 
 def finish(args: list[str]) -> None:
@@ -127,17 +142,24 @@ def main() -> int:
         spec, data = make_files(root)
         reference = root / "reference"
         began = time.monotonic()
-        finish(command(spec, data, reference))
-        span = time.monotonic() - began  # start-up to the last write of an uninterrupted run
-        print(f"uninterrupted run: {span:.1f} s; kills land uniformly in [0, {span:.1f}] s")
+        proc = start(command(spec, data, reference))
+        holds_lock(reference, proc, 600)
+        locked = time.monotonic()
+        _, err = proc.communicate()
+        assert proc.returncode == 0, err.decode()[-2000:]
+        span, writing = time.monotonic() - began, time.monotonic() - locked
+        print(f"uninterrupted run: {span:.1f} s, {writing:.1f} s of it holding the lock")
         kills, trials, places = 0, 0, {}
         while kills < args.kills:
             trials += 1
             run = root / f"run{trials}"
             for _ in range(min(rng.randint(1, 3), args.kills - kills)):
                 proc = start(command(spec, data, run))
+                anywhere = rng.random() < 0.25
+                if not anywhere:
+                    holds_lock(run, proc, 600)
                 try:
-                    proc.wait(timeout=rng.uniform(0, span))
+                    proc.wait(timeout=rng.uniform(0, span if anywhere else writing))
                 except subprocess.TimeoutExpired:
                     proc.send_signal(signal.SIGKILL)
                     proc.wait()
