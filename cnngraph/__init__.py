@@ -18,8 +18,8 @@ def __getattr__(name: str):
     """`cnngraph.build`, imported on first use: it brings torch (2-3 s), which loading, checking
     and `cnngraph show` do without."""
     if name == "build":
-        from .build import build  # importing the submodule binds `cnngraph.build` to it ...
-        globals()["build"] = build  # ... so bind the function again
+        from .torch_build import build  # the module has its own name, so nothing rebinds this one
+        globals()["build"] = build
         return build
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
