@@ -43,17 +43,11 @@ TIMING = {"images_per_second", "train_seconds", "seconds"}  # differ between two
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    """tiny.yaml and tiny.npz: 3 classes = which third of the image is bright."""
+def files(tmp_path_factory, bright_thirds):
+    """tiny.yaml and the bright-thirds dataset (conftest.py)."""
     root = tmp_path_factory.mktemp("tiny")
-    rng = np.random.default_rng(0)
-    y = np.arange(240) % 3
-    x = rng.integers(0, 60, (240, 8, 8))
-    for i, label in enumerate(y):
-        x[i, :, 3 * label:3 * label + 2] += 150
-    np.savez(root / "tiny.npz", x=x.astype(np.uint8), y=y)
     (root / "tiny.yaml").write_text(yaml.safe_dump(TINY))
-    return root / "tiny.yaml", root / "tiny.npz"
+    return root / "tiny.yaml", bright_thirds
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ from cnngraph.train.metrics import combined_loss, correct_topk
 from cnngraph.train import trainer
 from cnngraph.train.rundir import read_checkpoint
 
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # A tiny classifier with an auxiliary head used only in training (weight 0.3).
@@ -44,17 +45,11 @@ OPTIONS = dict(epochs=3, batch_size=16, lr=0.01, seed=3, deterministic=True)
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    """tiny.yaml (the spec) and tiny.npz: 3 classes = which third of the image is bright."""
+def files(tmp_path_factory, bright_thirds):
+    """tiny.yaml (the spec) and the bright-thirds dataset (conftest.py)."""
     root = tmp_path_factory.mktemp("tiny")
-    rng = np.random.default_rng(0)
-    y = np.arange(240) % 3
-    x = rng.integers(0, 60, (240, 8, 8))
-    for i, label in enumerate(y):
-        x[i, :, 3 * label:3 * label + 2] += 150
-    np.savez(root / "tiny.npz", x=x.astype(np.uint8), y=y)
     (root / "tiny.yaml").write_text(yaml.safe_dump(TINY))
-    return root / "tiny.yaml", root / "tiny.npz"
+    return root / "tiny.yaml", bright_thirds
 
 
 def weights(run: Path, name: str = "last") -> dict[str, torch.Tensor]:
