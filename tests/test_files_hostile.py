@@ -46,7 +46,7 @@ def test_random_bytes_are_unreadable_weights_not_pickled_objects(tmp_path, capsy
     weights.write_bytes(bytes(range(7, 256)) * 8)  # no zip, no pickle, no safetensors header
     message = one_line_error(capsys, "export", "lenet5", "-o", tmp_path / "m.onnx",
                              "--weights", weights)
-    assert f"{weights}: unreadable as weights" in message and "pickled" not in message
+    assert f"{weights}: unreadable as weights" in message and "pickled Python" not in message
     assert ".safetensors" in message and "state_dict" in message  # what it does read
 
 
@@ -470,3 +470,28 @@ def test_pillow_logging_an_error_adds_no_line(tiny, tmp_path, capsys, caplog):
     assert f"{tiff}: cannot read it as an image" in one_line_error(
         capsys, "infer", tiny, tiff, "--device", "cpu")
     assert not [r for r in caplog.records if r.name.startswith("PIL")]  # Pillow logs an error
+
+
+# --- damaged files and pickled objects told apart by the file, not by torch's message ------
+def test_damage_and_pickled_objects_are_told_apart_for_weights(tmp_path, capsys):
+    garbage, evil = tmp_path / "garbage.pt", tmp_path / "evil.pt"
+    garbage.write_bytes(b"\x80garbage\n")  # a pickle protocol byte, then damage
+    evil.write_bytes(pickle.dumps({"w": __import__("os").system}, protocol=4))
+    export = ("export", "lenet5", "-o", tmp_path / "m.onnx", "--weights")
+    message = one_line_error(capsys, *export, garbage)  # stderr: one line, no UserWarning
+    assert f"{garbage}: unreadable as weights (damaged" in message and "pickled Python" not in message
+    message = one_line_error(capsys, *export, evil)
+    assert f"{evil}: holds pickled Python objects" in message and "damaged" not in message
+
+
+def test_garbage_checkpoint_is_damaged_not_pickled(tmp_path):
+    from cnngraph.errors import CnnGraphError
+    from cnngraph.train.rundir import read_checkpoint
+
+    (tmp_path / "checkpoint.pt").write_text("garbage\n")
+    (tmp_path / "evil.pt").write_bytes(pickle.dumps(__import__("os").system, protocol=4))
+    with pytest.raises(CnnGraphError, match=r"unreadable as a checkpoint \(damaged") as info:
+        read_checkpoint(tmp_path / "checkpoint.pt")
+    assert "pickled Python" not in str(info.value)
+    with pytest.raises(CnnGraphError, match="holds pickled Python objects"):
+        read_checkpoint(tmp_path / "evil.pt")
