@@ -143,3 +143,22 @@ def test_bad_model_or_output_give_one_line(model, tmp_path, capsys, args, messag
     assert main(["infer", *map(str, args(tmp_path, model)), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_the_cpu_fallback_is_said_only_when_auto_is_asked_for(model, tmp_path, capsys, caplog,
+                                                              monkeypatch):
+    from cnngraph.runtime import session
+    monkeypatch.setattr(session, "cuda_status", lambda: (False, "no CUDA GPU found"))
+    np.save(tmp_path / "x.npy", np.zeros((3, 8, 8), np.float32))
+    assert main(["infer", str(model), str(tmp_path / "x.npy")]) == 0
+    said = lambda: [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]  # noqa: E731
+    assert said() == [] and capsys.readouterr().err == ""  # the default: no note on every run
+    assert main(["infer", str(model), str(tmp_path / "x.npy"), "--device", "auto"]) == 0
+    assert said() == ["running on the CPU: no CUDA GPU found"]
+    assert main(["infer", str(model), str(tmp_path / "x.npy"), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "no CUDA GPU found; use device cpu" in err, err
+    with pytest.raises(SystemExit):
+        main(["infer", "--help"])
+    assert "--device {auto,cpu,cuda}\n                        where onnxruntime runs" in \
+        capsys.readouterr().out

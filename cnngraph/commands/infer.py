@@ -28,7 +28,10 @@ def register(subparsers) -> None:
                    help="image files (PNG, JPEG, ...), .npy or .npz arrays, (C,H,W) or (N,C,H,W); "
                         "for a model with several inputs, .npz files holding one array per "
                         "input name")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
+                   help="where onnxruntime runs: cuda, cpu, or auto (CUDA when a usable GPU is "
+                        "found, else the CPU); default auto, without the note that "
+                        "--device auto prints on why it runs on the CPU")
     p.add_argument("--batch-size", type=int, default=32, help="samples per run (default 32)")
     p.add_argument("--top-k", type=int, default=5, help="classes to print per input (default 5)")
     p.add_argument("--output", type=Path,

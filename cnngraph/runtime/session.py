@@ -102,9 +102,13 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
-def resolve_device(device: str) -> str:
-    """'auto' | 'cpu' | 'cuda' -> the provider to use; 'auto' logs one line when it falls
-    back to the CPU, saying why."""
+def resolve_device(device: str | None) -> str:
+    """'auto' | 'cpu' | 'cuda' | None -> the provider to use. None is auto as a default no
+    one asked for: it falls back to the CPU silently, where an explicit 'auto' logs one line
+    saying why (a machine without a GPU would otherwise print it on every run)."""
+    if device is None:
+        ok, _ = cuda_status()
+        return CUDA if ok else CPU
     if device not in ("auto", "cpu", "cuda"):
         raise InputError(f"device must be auto, cpu or cuda, not {device!r}")
     if device == "cpu":
