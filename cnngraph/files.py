@@ -75,6 +75,21 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
             raise
 
 
+def check_output(path: Path, option: str, example: str) -> None:
+    """Refuse, before any work, an output path whose folder is missing (it is not made: a
+    typo would silently become a new folder tree), is a file, or that is itself a folder;
+    `example` names a file to suggest inside a folder."""
+    if path.is_dir():
+        raise InputError(f"{option} {path}: is a directory; give a file name such as "
+                         f"{path / example}")
+    blocker = next((p for p in [path.parent, *path.parent.parents] if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise InputError(f"{option} {path}: {blocker} is a file, not a folder")
+    if not path.parent.is_dir():
+        raise InputError(f"{option} {path}: folder {path.parent} does not exist; create it "
+                         "first or choose another place")
+
+
 NOT_ONNX = "not an ONNX model file (write one with `cnngraph export`)"
 WEIGHT_FORMATS = ("cnngraph reads .safetensors files and torch.save'd state_dicts "
                   "(torch.save(model.state_dict(), path))")

@@ -117,7 +117,7 @@ def test_fixed_batch_model_runs_in_padded_chunks(tmp_path, capsys):
     (lambda d: np.save(d / "bad.npy", np.zeros((3, 8, 8), np.int32)), "neither uint8 pixels nor floats"),
     (lambda d: np.save(d / "bad.npy", np.zeros((8, 8), np.float32)), "(C, H, W) or (N, C, H, W)"),
     (lambda d: (d / "bad.png").write_bytes(b"not a png"), "cannot read it as an image"),
-    (lambda d: (d / "bad.npy").write_bytes(b"junk"), "cannot read it as a NumPy file"),
+    (lambda d: (d / "bad.npy").write_bytes(b"junk"), "not a NumPy file (no .npy or .npz header)"),
     (lambda d: np.savez(d / "bad.npz", a=np.zeros(1), b=np.zeros(1)), "name the input array"),
     (lambda d: (d / "bad.txt").write_text("x"), "unsupported input file"),
     (lambda d: np.save(d / "bad.npy", np.zeros((0, 3, 8, 8), np.float32)), "holds no samples"),

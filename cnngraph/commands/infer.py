@@ -15,7 +15,7 @@ import numpy as np
 
 from . import about
 from ..errors import InputError
-from ..files import atomic_write
+from ..files import atomic_write, check_output
 
 log = logging.getLogger("cnngraph.runtime")
 
@@ -97,13 +97,7 @@ def warn_non_finite(labels: list[str], names: list[str], outputs: list[np.ndarra
 
 def save_outputs(path: Path, names: list[str], outputs: list[np.ndarray]) -> None:
     """Write the outputs as one .npz, atomically."""
-    if path.is_dir():
-        raise InputError(f"--output {path}: is a directory; give a file name such as {path / 'outputs.npz'}")
-    blocker = next((p for p in [path.parent, *path.parent.parents] if p.exists()), None)
-    if blocker is not None and not blocker.is_dir():
-        raise InputError(f"--output {path}: {blocker} is a file, not a folder")
-    if not path.parent.is_dir():
-        raise InputError(f"--output {path}: folder {path.parent} does not exist")
+    check_output(path, "--output", "outputs.npz")
     buffer = io.BytesIO()
     np.savez(buffer, **dict(zip(names, outputs)))
     atomic_write(path, buffer.getvalue())
