@@ -80,7 +80,7 @@ def check_output(path: Path, option: str, example: str) -> None:
     typo would silently become a new folder tree), is a file, or that is itself a folder;
     `example` names a file to suggest inside a folder."""
     if path.is_dir():
-        raise InputError(f"{option} {path}: is a directory; give a file name such as "
+        raise InputError(f"{option} {path}: is a folder; give a file name such as "
                          f"{path / example}")
     blocker = next((p for p in [path.parent, *path.parent.parents] if p.exists()), None)
     if blocker is not None and not blocker.is_dir():

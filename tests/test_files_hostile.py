@@ -516,3 +516,19 @@ def test_garbage_checkpoint_is_damaged_not_pickled(tmp_path):
     assert "pickled Python" not in str(info.value)
     with pytest.raises(CnnGraphError, match="holds pickled Python objects"):
         read_checkpoint(tmp_path / "evil.pt")
+
+
+def test_onnxruntime_refusal_keeps_its_reason_not_its_cpp_signature(tmp_path, capsys):
+    from onnx import TensorProto, helper
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = tmp_path / "ir99.onnx"
+    model.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                        ir_version=99).SerializeToString())
+    np.save(tmp_path / "x.npy", np.zeros(1, np.float32))
+    message = one_line_error(capsys, "infer", model, tmp_path / "x.npy", "--device", "cpu")
+    assert message.startswith(f"cnngraph infer: error: {model}: onnxruntime cannot load it: "
+                              "Unsupported model IR version: 99, max supported IR version: ")
+    reason = message.split("cannot load it: ")[1]
+    assert ".cc:" not in reason and "onnxruntime::" not in reason and len(reason) < 80, reason

@@ -135,7 +135,7 @@ def test_bad_inputs_give_one_line(model, tmp_path, capsys, make, message):
 @pytest.mark.parametrize("args, message", [
     (lambda d, m: [d / "spec.yaml", d / "x.npy"], "export it first with `cnngraph export"),
     (lambda d, m: [m, d / "x.npy", "--output", d / "x.npy" / "o.npz"], "x.npy is a file, not a folder"),
-    (lambda d, m: [m, d / "x.npy", "--output", d], "is a directory"),
+    (lambda d, m: [m, d / "x.npy", "--output", d], "is a folder; give a file name"),
 ])
 def test_bad_model_or_output_give_one_line(model, tmp_path, capsys, args, message):
     np.save(tmp_path / "x.npy", np.zeros((3, 8, 8), np.float32))

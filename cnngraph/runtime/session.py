@@ -7,6 +7,7 @@ import functools
 import hashlib
 import logging
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,10 +223,35 @@ def _session(model: Path | bytes, so: ort.SessionOptions, providers: list) -> or
     try:
         return ort.InferenceSession(source, so, providers=providers)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NoSuchFile types
-        message = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        message = ort_reason(str(exc)) or type(exc).__name__
         if "fallback to CPU EP has been explicitly disabled" in str(exc):
             raise PlacementError("strict placement: some nodes of this model have no CUDA kernel "
                                  "and would run on the CPU; run `cnngraph verify --placement cuda` "
                                  "without strict mode to list them") from None
         where = "model" if isinstance(model, bytes) else str(model)
         raise InputError(f"{where}: onnxruntime cannot load it: {message}") from None
+
+
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : (Load model from .*? failed:)?")
+_SOURCE = re.compile(r"\S+\.(?:cc|cpp|cu|h):\d+ ")  # onnxruntime's source file and line
+
+
+def ort_reason(text: str) -> str:
+    """onnxruntime's reason for refusing a model, without its status prefix, the path (the
+    caller names the file), the C++ source location and the function signature after it
+    (~300 characters that tell a user nothing)."""
+    lines = text.strip().splitlines()
+    text = _ORT_PREFIX.sub("", lines[-1] if lines else "").strip()
+    location = _SOURCE.search(text)
+    if location:
+        rest = text[location.end():]
+        signature = re.match(r"[\w:~<>]+\(", rest)
+        if signature:
+            depth = 0
+            for i, char in enumerate(rest):
+                depth += (char == "(") - (char == ")")
+                if depth == 0 and char == ")":
+                    rest = rest[i + 1:]
+                    break
+        text = (text[:location.start()] + rest.removeprefix(" const")).strip()
+    return text
