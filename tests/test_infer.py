@@ -162,3 +162,14 @@ def test_the_cpu_fallback_is_said_only_when_auto_is_asked_for(model, tmp_path, c
         main(["infer", "--help"])
     assert "--device {auto,cpu,cuda}\n                        where onnxruntime runs" in \
         capsys.readouterr().out
+
+
+@pytest.mark.parametrize("dtype, note", [(np.uint8, "uint8 pixels, divided by 255"),
+                                         (np.float64, "float64 -> float32"),
+                                         (np.float32, None)])
+def test_infer_notes_what_it_did_to_an_array(model, tmp_path, capsys, caplog, dtype, note):
+    path = tmp_path / "x.npy"
+    np.save(path, np.zeros((2, 3, 8, 8), dtype))
+    assert main(["infer", str(model), str(path), "--device", "cpu"]) == 0
+    notes = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert notes == ([f"note: {path}: {note}"] if note else []), notes

@@ -167,6 +167,10 @@ def _array_input(array: np.ndarray, where: str, meta: ModelMeta,
     if array.dtype != np.uint8 and not np.issubdtype(array.dtype, np.floating):
         raise InputError(f"{where}: dtype {array.dtype} is neither uint8 pixels nor floats")
     batch = _as_batch(array, where, expected)
+    if array.dtype == np.uint8:  # said as the image notes are: what was done to the values
+        log.warning("note: %s: uint8 pixels, divided by 255", where)
+    elif array.dtype != np.float32:
+        log.warning("note: %s: %s -> float32", where, array.dtype)
     if array.dtype != np.uint8:
         finite = np.isfinite(batch)
         if not finite.all():
