@@ -56,7 +56,7 @@ def check_node(node: Node, exprs: dict[str, str] | None = None) -> None:
             attrs[key] = attr.normalize(node.attrs[key])
         except ValueError as exc:
             raise error(node, f"attribute '{key}' of {node.op}: {exc}"
-                              f"{_hint(node.attrs[key], (exprs or {}).get(key))}") from None
+                              f"{_hint(node.attrs[key], (exprs or {}).get(key), attr)}") from None
     node.attrs = attrs
     n = len(node.inputs)
     if n < op.min_inputs or (op.max_inputs is not None and n > op.max_inputs):
@@ -67,10 +67,11 @@ def check_node(node: Node, exprs: dict[str, str] | None = None) -> None:
                           f"({', '.join(node.inputs) or 'none'}): fix `inputs`")
 
 
-def _hint(value, expr: str | None) -> str:
-    """Where a bad value came from, and the usual fix for a fraction from `/`."""
+def _hint(value, expr: str | None, attr) -> str:
+    """Where a bad value came from, and the usual fix for a fraction an expression's `/`
+    made where an integer is needed (not for a float written as one, nor a float attribute)."""
     where = f" (from '{expr}')" if expr else ""
-    if isinstance(value, float) and not value.is_integer():
+    if expr and attr.kind != "float" and isinstance(value, float) and not value.is_integer():
         return f"{where}: use // for integer division, or int(...)"
     return where
 

@@ -17,8 +17,21 @@ from .limits import MAX_EXPONENT, MAX_ITEMS, describe
 
 NAME = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 TEMPLATE = re.compile(r"\$\{(.*?)\}")
+UNCLOSED = re.compile(r"\$\{[^}]*$")  # a ${ with no } after it
 
-FUNCTIONS = {"min": min, "max": max, "int": int, "len": len}
+MAX_INT_TEXT = 100  # characters int() reads from a string; ±(2**63-1) has 19 digits
+
+
+def _int(value: Any, *base: Any) -> int:
+    """int(...), with a string's length bounded first: Python itself refuses 4,300+ digits
+    and advises raising its own limit, which a spec cannot do."""
+    if isinstance(value, str) and len(value) > MAX_INT_TEXT:
+        raise limits.LimitError(f"int() of a string of {len(value):,} characters (integers "
+                                f"are limited to ±2**63-1)")
+    return int(value, *base)
+
+
+FUNCTIONS = {"min": min, "max": max, "int": _int, "len": len}
 BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
           ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod,
           ast.Pow: operator.pow}
@@ -52,6 +65,9 @@ def resolve_string(text: str, env: Mapping[str, Any]) -> Any:
     whole = TEMPLATE.fullmatch(text)
     if whole:
         return evaluate(whole.group(1), env)
+    if UNCLOSED.search(text):
+        raise ExprError(f"unclosed ${{...}} expression in {describe(text)}: end it with }}, "
+                        "e.g. ${width * 2}")
     if "${" in text:
         made = [len(text)]  # characters so far: each part may be MAX_ITEMS long, not their sum
 

@@ -75,6 +75,21 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
             raise
 
 
+def check_output(path: Path, option: str, example: str) -> None:
+    """Refuse, before any work, an output path whose folder is missing (it is not made: a
+    typo would silently become a new folder tree), is a file, or that is itself a folder;
+    `example` names a file to suggest inside a folder."""
+    if path.is_dir():
+        raise InputError(f"{option} {path}: is a folder; give a file name such as "
+                         f"{path / example}")
+    blocker = next((p for p in [path.parent, *path.parent.parents] if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise InputError(f"{option} {path}: {blocker} is a file, not a folder")
+    if not path.parent.is_dir():
+        raise InputError(f"{option} {path}: folder {path.parent} does not exist; create it "
+                         "first or choose another place")
+
+
 NOT_ONNX = "not an ONNX model file (write one with `cnngraph export`)"
 WEIGHT_FORMATS = ("cnngraph reads .safetensors files and torch.save'd state_dicts "
                   "(torch.save(model.state_dict(), path))")
@@ -107,6 +122,52 @@ def _format(path: Path) -> str | None:
     return "torch" if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80" else None
 
 
+PICKLED = ("holds pickled Python objects beyond tensors, which are never loaded (they could "
+           "run code)")
+
+
+def load_torch(path: Path, error: type, what: str, fix: str):
+    """torch.load with weights_only (no code from the file runs), torch's warnings silenced
+    (a protocol-4 pickle warns on two lines first), and every failure one `error` line:
+    "{path}: unreadable as {what} (damaged, or not a torch file); {fix}" or, for a pickle
+    that parses but names Python objects, "{path}: holds pickled Python objects ...; {fix}".
+    The two are told apart by the file, not by torch's message (which calls a damaged byte
+    an "unsupported operand" and a protocol-4 pickle of os.system the same)."""
+    import warnings
+
+    import torch
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - classified below, in one line
+        objects = isinstance(exc, pickle.UnpicklingError) and (
+            "Unsupported global" in str(exc) or _names_objects(path))
+    if objects:
+        raise error(f"{path}: {PICKLED}; {fix}") from None
+    raise error(f"{path}: unreadable as {what} (damaged, or not a torch file); {fix}") from None
+
+
+def _names_objects(path: Path) -> bool:
+    """Whether the file's pickle (a legacy file's first, or a zip's data.pkl) parses to its
+    end and names a Python global (GLOBAL, STACK_GLOBAL, INST): read by pickletools, never run."""
+    import pickletools
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                name = next(n for n in archive.namelist() if n.endswith("data.pkl"))
+                data = archive.read(name)
+        else:
+            data = path.read_bytes()
+        ops = [op.name for op, _, _ in pickletools.genops(data)]
+    except Exception:  # noqa: BLE001 - not a whole pickle: damaged
+        return False
+    return bool({"GLOBAL", "STACK_GLOBAL", "INST"} & set(ops))
+
+
 def read_weights(path: Path) -> dict:
     """A state_dict (names -> tensors) from a safetensors or torch file, or one ExportError
     naming the file and what is wrong: unreadable, pickled objects, not a state_dict, or
@@ -120,22 +181,16 @@ def read_weights(path: Path) -> dict:
     if kind is None:
         raise ExportError(f"{path}: unreadable as weights (neither a safetensors nor a torch "
                           f"file); {WEIGHT_FORMATS}")
-    try:
-        if kind == "safetensors":
+    if kind == "safetensors":
+        try:
             from safetensors.torch import load_file
 
             state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "Unsupported global" in str(exc):  # weights_only refused a class: not just tensors
-            raise ExportError(f"{path}: holds pickled Python objects, which are never loaded "
-                              f"(they could run code); {WEIGHT_FORMATS}") from None
-        raise ExportError(f"{path}: unreadable as weights (a damaged torch file); "
-                          f"{WEIGHT_FORMATS}") from None
-    except Exception as exc:  # noqa: BLE001 - a corrupt file: say which and why, in one line
-        raise ExportError(f"{path}: unreadable as weights ({_first_line(exc)}); "
-                          f"{WEIGHT_FORMATS}") from None
+        except Exception as exc:  # noqa: BLE001 - a corrupt file: say which and why, in one line
+            raise ExportError(f"{path}: unreadable as weights ({_first_line(exc)}); "
+                              f"{WEIGHT_FORMATS}") from None
+    else:
+        state = load_torch(path, ExportError, "weights", WEIGHT_FORMATS)
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                               for k, v in state.items()):
         inner = next((k for k, v in state.items() if isinstance(v, dict)), None) \

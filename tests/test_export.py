@@ -439,3 +439,17 @@ def test_keep_aux_exports_the_auxiliary_heads(tmp_path):
     save_file(module.state_dict(), str(tmp_path / "w.safetensors"))
     assert cli(["verify", str(path), "--against", "googlenet",
                 "--weights", str(tmp_path / "w.safetensors")]) == 0
+
+
+def test_export_refuses_a_missing_folder_and_notes_a_foreign_suffix(tmp_path, capsys, caplog):
+    target = tmp_path / "nonexistdir" / "a" / "b.onnx"
+    assert cli(["export", "lenet5", "-o", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"cnngraph export: error: -o {target}: folder {target.parent} "
+                                "does not exist; create it first or choose another place"]
+    assert not (tmp_path / "nonexistdir").exists()  # nothing made
+    txt = tmp_path / "x.txt"
+    assert cli(["export", "lenet5", "-o", str(txt)]) == 0
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == \
+        [f"note: {txt} does not end in .onnx (it is written as ONNX all the same)"]
+    assert onnx.load(str(txt)).graph.output  # ONNX all the same

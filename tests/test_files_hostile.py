@@ -7,6 +7,7 @@ import gzip
 import json
 import pickle
 import struct
+import warnings
 
 import numpy as np
 import pytest
@@ -46,7 +47,7 @@ def test_random_bytes_are_unreadable_weights_not_pickled_objects(tmp_path, capsy
     weights.write_bytes(bytes(range(7, 256)) * 8)  # no zip, no pickle, no safetensors header
     message = one_line_error(capsys, "export", "lenet5", "-o", tmp_path / "m.onnx",
                              "--weights", weights)
-    assert f"{weights}: unreadable as weights" in message and "pickled" not in message
+    assert f"{weights}: unreadable as weights" in message and "pickled Python" not in message
     assert ".safetensors" in message and "state_dict" in message  # what it does read
 
 
@@ -110,16 +111,33 @@ def _good_npz(tmp_path) -> bytes:
 
 
 @pytest.mark.parametrize("make, reason", [
-    (lambda d: np.savez(d / "bad.npz", x=np.array([1, "a", None], dtype=object)), "Object arrays"),
     (lambda d: (d / "bad.npz").write_bytes(_good_npz(d)[:-30]), "zip"),   # directory cut
     (lambda d: (d / "bad.npz").write_bytes(                                # data damaged: CRC
         _good_npz(d)[:120] + b"\xff" * 40 + _good_npz(d)[160:]), "CRC"),
-], ids=["object-array", "cut-zip", "bad-crc"])
+], ids=["cut-zip", "bad-crc"])
 def test_infer_damaged_npz_is_one_line(tiny, tmp_path, capsys, make, reason):
     make(tmp_path)
     message = one_line_error(capsys, "infer", tiny, tmp_path / "bad.npz", "--device", "cpu")
     assert f"{tmp_path / 'bad.npz'}: cannot read it as a NumPy file" in message
     assert reason in message
+
+
+@pytest.mark.parametrize("name", ["obj.npy", "obj.npz"])
+def test_infer_object_array_is_named_never_loaded(tiny, tmp_path, capsys, name):
+    objects = np.array([1, "a", None], dtype=object)
+    path = tmp_path / name
+    np.save(path, objects) if name.endswith(".npy") else np.savez(path, x=objects)
+    message = one_line_error(capsys, "infer", tiny, path, "--device", "cpu")
+    assert f"{path}: holds an object array, which is never loaded" in message
+    assert "allow_pickle" not in message
+
+
+def test_infer_random_bytes_are_not_a_numpy_file(tiny, tmp_path, capsys):
+    path = tmp_path / "rand.npy"
+    path.write_bytes(bytes(range(7, 256)) * 4)  # numpy would say "contains pickled data"
+    message = one_line_error(capsys, "infer", tiny, path, "--device", "cpu")
+    assert f"{path}: not a NumPy file" in message
+    assert "pickle" not in message.replace(str(path), "")
 
 
 def test_infer_refuses_a_decompression_bomb(tiny, tmp_path, capsys):
@@ -470,3 +488,47 @@ def test_pillow_logging_an_error_adds_no_line(tiny, tmp_path, capsys, caplog):
     assert f"{tiff}: cannot read it as an image" in one_line_error(
         capsys, "infer", tiny, tiff, "--device", "cpu")
     assert not [r for r in caplog.records if r.name.startswith("PIL")]  # Pillow logs an error
+
+
+# --- damaged files and pickled objects told apart by the file, not by torch's message ------
+def test_damage_and_pickled_objects_are_told_apart_for_weights(tmp_path, capsys):
+    garbage, evil = tmp_path / "garbage.pt", tmp_path / "evil.pt"
+    garbage.write_bytes(b"\x80garbage\n")  # a pickle protocol byte, then damage
+    evil.write_bytes(pickle.dumps({"w": __import__("os").system}, protocol=4))
+    export = ("export", "lenet5", "-o", tmp_path / "m.onnx", "--weights")
+    message = one_line_error(capsys, *export, garbage)  # stderr: one line, no UserWarning
+    assert f"{garbage}: unreadable as weights (damaged" in message and "pickled Python" not in message
+    with warnings.catch_warnings(record=True) as caught:  # pytest would hide them from stderr
+        warnings.simplefilter("always")
+        message = one_line_error(capsys, *export, evil)  # a protocol-4 pickle: torch warns
+    assert not caught, [str(w.message) for w in caught]
+    assert f"{evil}: holds pickled Python objects" in message and "damaged" not in message
+
+
+def test_garbage_checkpoint_is_damaged_not_pickled(tmp_path):
+    from cnngraph.errors import CnnGraphError
+    from cnngraph.train.rundir import read_checkpoint
+
+    (tmp_path / "checkpoint.pt").write_text("garbage\n")
+    (tmp_path / "evil.pt").write_bytes(pickle.dumps(__import__("os").system, protocol=4))
+    with pytest.raises(CnnGraphError, match=r"unreadable as a checkpoint \(damaged") as info:
+        read_checkpoint(tmp_path / "checkpoint.pt")
+    assert "pickled Python" not in str(info.value)
+    with pytest.raises(CnnGraphError, match="holds pickled Python objects"):
+        read_checkpoint(tmp_path / "evil.pt")
+
+
+def test_onnxruntime_refusal_keeps_its_reason_not_its_cpp_signature(tmp_path, capsys):
+    from onnx import TensorProto, helper
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = tmp_path / "ir99.onnx"
+    model.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                        ir_version=99).SerializeToString())
+    np.save(tmp_path / "x.npy", np.zeros(1, np.float32))
+    message = one_line_error(capsys, "infer", model, tmp_path / "x.npy", "--device", "cpu")
+    assert message.startswith(f"cnngraph infer: error: {model}: onnxruntime cannot load it: "
+                              "Unsupported model IR version: 99, max supported IR version: ")
+    reason = message.split("cannot load it: ")[1]
+    assert ".cc:" not in reason and "onnxruntime::" not in reason and len(reason) < 80, reason

@@ -117,7 +117,7 @@ def test_fixed_batch_model_runs_in_padded_chunks(tmp_path, capsys):
     (lambda d: np.save(d / "bad.npy", np.zeros((3, 8, 8), np.int32)), "neither uint8 pixels nor floats"),
     (lambda d: np.save(d / "bad.npy", np.zeros((8, 8), np.float32)), "(C, H, W) or (N, C, H, W)"),
     (lambda d: (d / "bad.png").write_bytes(b"not a png"), "cannot read it as an image"),
-    (lambda d: (d / "bad.npy").write_bytes(b"junk"), "cannot read it as a NumPy file"),
+    (lambda d: (d / "bad.npy").write_bytes(b"junk"), "not a NumPy file (no .npy or .npz header)"),
     (lambda d: np.savez(d / "bad.npz", a=np.zeros(1), b=np.zeros(1)), "name the input array"),
     (lambda d: (d / "bad.txt").write_text("x"), "unsupported input file"),
     (lambda d: np.save(d / "bad.npy", np.zeros((0, 3, 8, 8), np.float32)), "holds no samples"),
@@ -135,7 +135,7 @@ def test_bad_inputs_give_one_line(model, tmp_path, capsys, make, message):
 @pytest.mark.parametrize("args, message", [
     (lambda d, m: [d / "spec.yaml", d / "x.npy"], "export it first with `cnngraph export"),
     (lambda d, m: [m, d / "x.npy", "--output", d / "x.npy" / "o.npz"], "x.npy is a file, not a folder"),
-    (lambda d, m: [m, d / "x.npy", "--output", d], "is a directory"),
+    (lambda d, m: [m, d / "x.npy", "--output", d], "is a folder; give a file name"),
 ])
 def test_bad_model_or_output_give_one_line(model, tmp_path, capsys, args, message):
     np.save(tmp_path / "x.npy", np.zeros((3, 8, 8), np.float32))
@@ -143,3 +143,33 @@ def test_bad_model_or_output_give_one_line(model, tmp_path, capsys, args, messag
     assert main(["infer", *map(str, args(tmp_path, model)), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_the_cpu_fallback_is_said_only_when_auto_is_asked_for(model, tmp_path, capsys, caplog,
+                                                              monkeypatch):
+    from cnngraph.runtime import session
+    monkeypatch.setattr(session, "cuda_status", lambda: (False, "no CUDA GPU found"))
+    np.save(tmp_path / "x.npy", np.zeros((3, 8, 8), np.float32))
+    assert main(["infer", str(model), str(tmp_path / "x.npy")]) == 0
+    said = lambda: [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]  # noqa: E731
+    assert said() == [] and capsys.readouterr().err == ""  # the default: no note on every run
+    assert main(["infer", str(model), str(tmp_path / "x.npy"), "--device", "auto"]) == 0
+    assert said() == ["running on the CPU: no CUDA GPU found"]
+    assert main(["infer", str(model), str(tmp_path / "x.npy"), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "no CUDA GPU found; use device cpu" in err, err
+    with pytest.raises(SystemExit):
+        main(["infer", "--help"])
+    assert "--device {auto,cpu,cuda}\n                        where onnxruntime runs" in \
+        capsys.readouterr().out
+
+
+@pytest.mark.parametrize("dtype, note", [(np.uint8, "uint8 pixels, divided by 255"),
+                                         (np.float64, "float64 -> float32"),
+                                         (np.float32, None)])
+def test_infer_notes_what_it_did_to_an_array(model, tmp_path, capsys, caplog, dtype, note):
+    path = tmp_path / "x.npy"
+    np.save(path, np.zeros((2, 3, 8, 8), dtype))
+    assert main(["infer", str(model), str(path), "--device", "cpu"]) == 0
+    notes = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert notes == ([f"note: {path}: {note}"] if note else []), notes

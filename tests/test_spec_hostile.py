@@ -506,3 +506,26 @@ def test_many_outputs_load_in_linear_time():
         cnngraph.load(spec)
     spec["outputs"].pop()
     assert len(cnngraph.load(spec).outputs) == 50_000
+
+
+# --- hints only where they fit (issue 10, new-user review) ---------------------------------
+@pytest.mark.parametrize("old, new, words, absent", [
+    ("{name: flat, op: flatten}", "{name: flat, op: flatten}\n  - {name: d, op: dropout, p: 1.5}",
+     ["layer 'd'", "attribute 'p' of dropout: must be >= 0 and <= 1, got 1.5"], "//"),
+    ("out: $w,", """out: "${int('9' * 5000)}",""",
+     ["layer 'conv'", "int() of a string of 5,000 characters", "±2**63-1"], "sys."),
+    ("out: $w,", 'out: "${4",', ["layer 'conv'", "unclosed ${...} expression in '${4'"],
+     "expected an integer"),
+], ids=["float-out-of-range", "int-of-long-string", "unclosed"])
+def test_spec_messages_give_only_the_fitting_hint(tmp_path, capsys, old, new, words, absent):
+    spec = tmp_path / "net.yaml"
+    spec.write_text(edited(old, new))
+    assert main(["show", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("cnngraph show: error: "), err
+    assert all(word in err for word in words) and absent not in err, err
+
+
+def test_a_fraction_for_an_integer_still_gets_the_division_hint(tmp_path):
+    fails(edited("out: $w,", 'out: "${w / 3}",'), tmp_path, "expected an integer",
+          "from '${w / 3}'", "use // for integer division")

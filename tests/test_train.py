@@ -299,3 +299,18 @@ def test_resume_with_another_spec_is_refused(files, tmp_path, capsys):
            f"{tmp_path / 'spec.yaml'} --resume --out {tmp_path}`" in err, err
     assert main(["train", str(spec), "--data", str(data), "--out", str(tmp_path)]) == 2
     assert "already holds a run" in capsys.readouterr().err
+
+
+def test_resume_from_a_damaged_checkpoint_says_damaged_not_pickled(files, tmp_path, capsys):
+    spec, data = files
+    run = tmp_path / "r"
+    args = ["train", str(spec), "--data", str(data), "--epochs", "1", "--train-samples", "8",
+            "--out", str(run)]
+    assert main(args) == 0
+    (run / "checkpoint.pt").write_text("garbage\n")  # 8 bytes of text
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1, err
+    assert f"{run / 'checkpoint.pt'}: unreadable as a checkpoint (damaged" in err, err
+    assert "pickled Python objects" not in err

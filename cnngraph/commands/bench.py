@@ -21,7 +21,10 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("bench", help="time PyTorch against onnxruntime on one model",
                               description=about(__doc__))
     p.add_argument("model", help="a spec file, a zoo name, a training run folder, or an exported .onnx")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
+                   help="where onnxruntime runs: cuda, cpu, or auto (CUDA when a usable GPU is "
+                        "found, else the CPU); default auto, without the note that "
+                        "--device auto prints on why it runs on the CPU")
     p.add_argument("--batch-sizes", default="1,8,64", help="comma-separated (default 1,8,64)")
     p.add_argument("--fp16", action="store_true", help="float16 on both sides (CUDA only)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile")

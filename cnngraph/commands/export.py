@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from ..errors import ExportError
-from ..files import read_weights
+from ..files import check_output, read_weights
+
+log = logging.getLogger("cnngraph.export")
 
 
 def register(subparsers) -> None:
@@ -36,6 +39,10 @@ def run(args) -> int:
 
     if args.static_batch is not None and args.static_batch < 1:
         raise ExportError(f"--static-batch must be at least 1, got {args.static_batch}")
+    check_output(args.output, "-o", "model.onnx")
+    if args.output.suffix.lower() != ".onnx":
+        log.warning("note: %s does not end in .onnx (it is written as ONNX all the same)",
+                    args.output)
     graph, module = resolve(args.source, args.weights, args.seed)
     model = export_onnx(graph, module, args.output, opset=args.opset,
                         dynamic_batch=args.static_batch is None, batch_size=args.static_batch or 1,

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import about
 from ..errors import InputError
-from ..files import atomic_write
+from ..files import atomic_write, check_output
 
 log = logging.getLogger("cnngraph.runtime")
 
@@ -28,7 +28,10 @@ def register(subparsers) -> None:
                    help="image files (PNG, JPEG, ...), .npy or .npz arrays, (C,H,W) or (N,C,H,W); "
                         "for a model with several inputs, .npz files holding one array per "
                         "input name")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
+                   help="where onnxruntime runs: cuda, cpu, or auto (CUDA when a usable GPU is "
+                        "found, else the CPU); default auto, without the note that "
+                        "--device auto prints on why it runs on the CPU")
     p.add_argument("--batch-size", type=int, default=32, help="samples per run (default 32)")
     p.add_argument("--top-k", type=int, default=5, help="classes to print per input (default 5)")
     p.add_argument("--output", type=Path,
@@ -94,13 +97,7 @@ def warn_non_finite(labels: list[str], names: list[str], outputs: list[np.ndarra
 
 def save_outputs(path: Path, names: list[str], outputs: list[np.ndarray]) -> None:
     """Write the outputs as one .npz, atomically."""
-    if path.is_dir():
-        raise InputError(f"--output {path}: is a directory; give a file name such as {path / 'outputs.npz'}")
-    blocker = next((p for p in [path.parent, *path.parent.parents] if p.exists()), None)
-    if blocker is not None and not blocker.is_dir():
-        raise InputError(f"--output {path}: {blocker} is a file, not a folder")
-    if not path.parent.is_dir():
-        raise InputError(f"--output {path}: folder {path.parent} does not exist")
+    check_output(path, "--output", "outputs.npz")
     buffer = io.BytesIO()
     np.savez(buffer, **dict(zip(names, outputs)))
     atomic_write(path, buffer.getvalue())

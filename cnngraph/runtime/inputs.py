@@ -167,6 +167,10 @@ def _array_input(array: np.ndarray, where: str, meta: ModelMeta,
     if array.dtype != np.uint8 and not np.issubdtype(array.dtype, np.floating):
         raise InputError(f"{where}: dtype {array.dtype} is neither uint8 pixels nor floats")
     batch = _as_batch(array, where, expected)
+    if array.dtype == np.uint8:  # said as the image notes are: what was done to the values
+        log.warning("note: %s: uint8 pixels, divided by 255", where)
+    elif array.dtype != np.float32:
+        log.warning("note: %s: %s -> float32", where, array.dtype)
     if array.dtype != np.uint8:
         finite = np.isfinite(batch)
         if not finite.all():
@@ -218,6 +222,11 @@ def _read_numpy(path: Path, pick) -> np.ndarray | dict[str, np.ndarray]:
     its own InputError to refuse them). Never unpickles; a member bigger than MAX_DATA_BYTES
     unpacked is refused before it is read (a deflated .npz inflates to any size); any damage
     is one InputError line."""
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic != b"\x93NUMPY" and magic[:4] != b"PK\x03\x04":  # numpy would call it a pickle
+        raise InputError(f"{path}: not a NumPy file (no .npy or .npz header); save arrays "
+                         "with np.save or np.savez")
     try:
         data = np.load(path, allow_pickle=False)
         if isinstance(data, np.ndarray):
@@ -233,6 +242,11 @@ def _read_numpy(path: Path, pick) -> np.ndarray | dict[str, np.ndarray]:
             return {name: data[name] for name in names}
     except InputError:
         raise
+    except ValueError as exc:
+        if "Object arrays" not in str(exc):
+            raise InputError(f"{path}: cannot read it as a NumPy file ({_first_line(exc)})") from None
+        raise InputError(f"{path}: holds an object array, which is never loaded (it could run "
+                         "code); save a numeric array (uint8 or float)") from None
     except Exception as exc:  # noqa: BLE001 - numpy and zipfile raise OSError, ValueError
         # (object arrays: never unpickled), BadZipFile, EOFError, zlib.error on damaged files
         raise InputError(f"{path}: cannot read it as a NumPy file ({_first_line(exc)})") from None

@@ -35,7 +35,7 @@ SPEC_SUFFIXES = {".yaml", ".yml", ".json"}
 class Predictor:
     """An inference session over one exported model (see the module docstring)."""
 
-    def __init__(self, model_path: str | Path, device: str = "auto", device_id: int = 0, *,
+    def __init__(self, model_path: str | Path, device: str | None = "auto", device_id: int = 0, *,
                  fp16: bool = False, cuda_graph: bool = False, threads: int | None = None,
                  strict: bool = False, cache: bool = True, cuda: CudaOptions | None = None,
                  profile_dir: str | None = None, optimization: str = "all"):

@@ -7,6 +7,7 @@ import functools
 import hashlib
 import logging
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,9 +103,13 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
-def resolve_device(device: str) -> str:
-    """'auto' | 'cpu' | 'cuda' -> the provider to use; 'auto' logs one line when it falls
-    back to the CPU, saying why."""
+def resolve_device(device: str | None) -> str:
+    """'auto' | 'cpu' | 'cuda' | None -> the provider to use. None is auto as a default no
+    one asked for: it falls back to the CPU silently, where an explicit 'auto' logs one line
+    saying why (a machine without a GPU would otherwise print it on every run)."""
+    if device is None:
+        ok, _ = cuda_status()
+        return CUDA if ok else CPU
     if device not in ("auto", "cpu", "cuda"):
         raise InputError(f"device must be auto, cpu or cuda, not {device!r}")
     if device == "cpu":
@@ -218,10 +223,35 @@ def _session(model: Path | bytes, so: ort.SessionOptions, providers: list) -> or
     try:
         return ort.InferenceSession(source, so, providers=providers)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NoSuchFile types
-        message = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        message = ort_reason(str(exc)) or type(exc).__name__
         if "fallback to CPU EP has been explicitly disabled" in str(exc):
             raise PlacementError("strict placement: some nodes of this model have no CUDA kernel "
                                  "and would run on the CPU; run `cnngraph verify --placement cuda` "
                                  "without strict mode to list them") from None
         where = "model" if isinstance(model, bytes) else str(model)
         raise InputError(f"{where}: onnxruntime cannot load it: {message}") from None
+
+
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : (Load model from .*? failed:)?")
+_SOURCE = re.compile(r"\S+\.(?:cc|cpp|cu|h):\d+ ")  # onnxruntime's source file and line
+
+
+def ort_reason(text: str) -> str:
+    """onnxruntime's reason for refusing a model, without its status prefix, the path (the
+    caller names the file), the C++ source location and the function signature after it
+    (~300 characters that tell a user nothing)."""
+    lines = text.strip().splitlines()
+    text = _ORT_PREFIX.sub("", lines[-1] if lines else "").strip()
+    location = _SOURCE.search(text)
+    if location:
+        rest = text[location.end():]
+        signature = re.match(r"[\w:~<>]+\(", rest)
+        if signature:
+            depth = 0
+            for i, char in enumerate(rest):
+                depth += (char == "(") - (char == ")")
+                if depth == 0 and char == ")":
+                    rest = rest[i + 1:]
+                    break
+        text = (text[:location.start()] + rest.removeprefix(" const")).strip()
+    return text

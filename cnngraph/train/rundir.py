@@ -21,7 +21,6 @@ import fcntl
 import io
 import json
 import os
-import pickle
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -132,17 +131,12 @@ def write_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
-    """The checkpoint, loaded with weights_only (no code from the file runs); our own one-line
-    message for a file that needs more (torch's is long and holds terminal escape codes)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise CnnGraphError(f"{path}: holds pickled Python objects beyond tensors and plain "
-                            "containers, which are not loaded (they could run code); it was "
-                            "not written by `cnngraph train`") from None
-    except (OSError, RuntimeError, EOFError) as exc:
-        raise CnnGraphError(f"{path}: cannot read the checkpoint ({_first_line(exc)}); it is "
-                            "damaged, train into a new --out") from None
+    """The checkpoint, loaded with weights_only (no code from the file runs); one line for a
+    damaged file or one holding pickled objects (files.load_torch)."""
+    from ..files import load_torch  # the same classification as every weights file
+
+    state = load_torch(path, CnnGraphError, "a checkpoint",
+                       "it was not written by `cnngraph train`: train into a new --out")
     if not isinstance(state, dict) or not CHECKPOINT_KEYS <= state.keys():
         keys = sorted(CHECKPOINT_KEYS - state.keys()) if isinstance(state, dict) else None
         raise damaged(path, f"missing {', '.join(keys)}" if keys else "not a checkpoint")
