@@ -138,9 +138,12 @@ class Expander:
         name = spec.get("name")
         if name is None:
             raise self.error("the spec has no `name`: add e.g. `name: mynet`", spec)
-        if not isinstance(name, str) or not name:
-            raise self.error(f"`name` must be a non-empty string, got {describe(name)}: write e.g. "
-                             "`name: mynet`", spec, key="name")
+        if (not isinstance(name, str) or not name or not name.isprintable()
+                or len(name) > limits.MAX_NAME):
+            raise self.error(f"`name` must be a non-empty printable string of at most "
+                             f"{limits.MAX_NAME} characters (it names the built class and the "
+                             f"exported graph), got {describe(name)}: write e.g. `name: mynet`",
+                             spec, key="name")
         variant = variant or spec.get("variant")
         if variant is not None:
             variant = self.name(variant, "variant", spec, None, "variant")

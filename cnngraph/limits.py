@@ -27,6 +27,7 @@ MAX_SIZE = 100_000  # an op's size attribute (kernel, stride, padding, dilation,
 MAX_DIM = 2**31 - 1  # one dimension of a tensor (channels, features, height, width)
 MAX_NUMEL = 2**32  # elements of one sample of a layer's output, and parameters of a layer
 MAX_FIELD = 2**53  # receptive field and jump saturate here (exact in a float)
+MAX_FLOAT = 3.4028234663852886e38  # |x| of a float attribute: networks compute in float32
 
 
 class LimitError(ValueError):

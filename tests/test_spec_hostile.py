@@ -529,3 +529,27 @@ def test_spec_messages_give_only_the_fitting_hint(tmp_path, capsys, old, new, wo
 def test_a_fraction_for_an_integer_still_gets_the_division_hint(tmp_path):
     fails(edited("out: $w,", 'out: "${w / 3}",'), tmp_path, "expected an integer",
           "from '${w / 3}'", "use // for integer division")
+
+
+# --- the fuzzer's 20,000-case run of seed 2 (docs/robustness.md) ----------------------------
+
+@pytest.mark.parametrize("name", ["t\x00", "t\nu", "x" * 101])
+def test_the_spec_name_is_printable_and_short(tmp_path, name):
+    """Found by the fuzzer: a NUL in `name` passed the checker and failed in the builder
+    ("embedded null character")."""
+    fails({**SPEC, "name": name}, tmp_path, "`name` must be a non-empty printable string")
+
+
+@pytest.mark.parametrize("alpha", [1e308, -3.5e38, 3.5e38])
+def test_a_float_attribute_must_fit_float32(tmp_path, alpha):
+    """Found by the fuzzer: LRN alpha 1e308 became inf in float32 and torch and onnxruntime
+    disagreed (nan); 3.4028234663852886e38 is float32's largest finite value."""
+    spec = copy.deepcopy(SPEC)
+    spec["layers"].insert(1, {"name": "lrn", "op": "lrn", "size": 3, "alpha": alpha})
+    fails(spec, tmp_path, "layer 'lrn'", "does not fit float32")
+
+
+def test_float32s_largest_value_is_accepted():
+    spec = copy.deepcopy(SPEC)
+    spec["layers"].insert(1, {"name": "lrn", "op": "lrn", "size": 3, "k": 3.4028234663852886e38})
+    assert cnngraph.load(spec)["lrn"].shape == ("N", 4, 6, 6)  # after the 3x3 conv: 8 - 3 + 1

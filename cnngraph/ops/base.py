@@ -58,6 +58,9 @@ class Attr:
                 limits.number(value)
             except limits.LimitError as exc:
                 raise ValueError(str(exc)) from None
+            if abs(value) > limits.MAX_FLOAT:
+                raise ValueError(f"{describe(value)} does not fit float32, in which networks "
+                                 f"compute (|x| <= 3.4e38)")
             return float(self._in_range(value, None))
         if kind == "bool":
             if not isinstance(value, bool):
