@@ -17,8 +17,16 @@ from .errors import CnnGraphError, one_line
 COMMANDS = ["zoo", "show", "ops", "train", "export", "verify", "infer", "bench", "demo"]
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, its errors as one line (`cnngraph CMD: error: ...`, exit 2) without the usage
+    block, as every other error the CLI prints; the subcommands' parsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cnngraph", description=__doc__.splitlines()[0])
+    parser = Parser(prog="cnngraph", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"cnngraph {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
