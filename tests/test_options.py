@@ -100,3 +100,16 @@ def test_a_diverging_run_stops_with_one_line_and_keeps_its_files(capsys, tmp_pat
     # no checkpoint of the NaN weights, no metrics of them
     files = sorted(p.name for p in run.iterdir() if p.name != ".lock")  # the lock is inert now
     assert files == ["config.json", "info.json", "spec.yaml"]
+
+
+def test_bench_refuses_inputs_larger_than_memory_before_allocating(capsys, tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+    shape = ["N", 1000, 100_000, 100_000]  # 4e13 bytes a sample: more than any machine's memory
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "huge",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
+    path = tmp_path / "huge.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    refused(["bench", str(path), "--batch-sizes", "1", "--device", "cpu", "--seconds", "0.01"],
+            capsys, "--batch-sizes 1", "GiB", "smaller batch sizes")
