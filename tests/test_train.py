@@ -131,9 +131,9 @@ def test_stop_mid_epoch_then_resume_is_exact(reference, files, tmp_path, monkeyp
     spec, data = files
     calls = []
 
-    def stop_at_step_20(self, stop, due):
+    def stop_at_step_20(self, stop, due, diverged):
         calls.append(1)
-        return len(calls) == 20, False
+        return len(calls) == 20, False, diverged
 
     monkeypatch.setattr(trainer._Loop, "_agree", stop_at_step_20)
     with pytest.raises(KeyboardInterrupt):
