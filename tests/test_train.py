@@ -273,7 +273,7 @@ def test_bad_inputs(files, tmp_path, capsys):
          "images have 3 channels but the spec's input has 1", out)
     _bad([str(spec), "--data", str(data), "--resume"], capsys, "no run to resume", out)
     _bad([str(spec), "--data", str(data), "--train-samples", "0"], capsys,
-         "--train-samples must be at least 1", out)
+         "argument --train-samples: must be an integer >= 1", out)
     (tmp_path / "afile").write_text("")
     _bad([str(spec), "--data", str(data)], capsys, "this is a file, not a directory",
          tmp_path / "afile")
