@@ -17,8 +17,24 @@ from .errors import CnnGraphError, one_line
 COMMANDS = ["zoo", "show", "ops", "train", "export", "verify", "infer", "bench", "demo"]
 
 
+class UsageError(CnnGraphError):
+    """A command line argparse refuses; `prog` is the (sub)command that refused it."""
+
+    def __init__(self, prog: str, message: str):
+        self.prog = prog
+        super().__init__(f"{message} (see {prog} --help)")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, its errors raised as UsageError so that `main` prints them as one line (exit 2)
+    without the usage block, as every other error; the subcommands' parsers are of this class."""
+
+    def error(self, message: str):
+        raise UsageError(self.prog, message)
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cnngraph", description=__doc__.splitlines()[0])
+    parser = Parser(prog="cnngraph", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"cnngraph {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
@@ -42,7 +58,11 @@ def version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+    try:
+        args = make_parser().parse_args(argv)
+    except UsageError as exc:
+        print(f"{exc.prog}: error: {one_line(str(exc))}", file=sys.stderr)
+        return 2
     try:
         return int(args.func(args) or 0)
     except CnnGraphError as exc:

@@ -341,9 +341,9 @@ def test_compare_names_the_batch_of_a_fixed_batch_model(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--seconds", "0"], "--seconds must be greater than 0"),
+    (["--seconds", "0"], "--seconds: must be a finite number > 0"),
     (["--weights", "{w}"], "mis-shaped"),
-    (["--batch-sizes", "1,,8"], "--batch-sizes must be positive integers"),
+    (["--batch-sizes", "1,,8"], "--batch-sizes: must be integers >= 1"),
 ])
 def test_bench_errors_are_one_line(tmp_path, capsys, args, message):
     import cnngraph

@@ -126,9 +126,9 @@ def test_stop_mid_epoch_then_resume_is_exact(reference, files, tmp_path, monkeyp
     spec, data = files
     calls = []
 
-    def stop_at_step_20(self, stop, due):
+    def stop_at_step_20(self, stop, due, diverged):
         calls.append(1)
-        return len(calls) == 20, False
+        return len(calls) == 20, False, diverged
 
     monkeypatch.setattr(trainer._Loop, "_agree", stop_at_step_20)
     with pytest.raises(KeyboardInterrupt):
@@ -268,7 +268,7 @@ def test_bad_inputs(files, tmp_path, capsys):
          "images have 3 channels but the spec's input has 1", out)
     _bad([str(spec), "--data", str(data), "--resume"], capsys, "no run to resume", out)
     _bad([str(spec), "--data", str(data), "--train-samples", "0"], capsys,
-         "--train-samples must be at least 1", out)
+         "argument --train-samples: must be an integer >= 1", out)
     (tmp_path / "afile").write_text("")
     _bad([str(spec), "--data", str(data)], capsys, "this is a file, not a directory",
          tmp_path / "afile")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import about
 from ..errors import InputError
+from ..options import SECONDS, SEED, batch_list
 
 
 def register(subparsers) -> None:
@@ -25,14 +26,14 @@ def register(subparsers) -> None:
                    help="where onnxruntime runs: cuda, cpu, or auto (CUDA when a usable GPU is "
                         "found, else the CPU); default auto, without the note that "
                         "--device auto prints on why it runs on the CPU")
-    p.add_argument("--batch-sizes", default="1,8,64", help="comma-separated (default 1,8,64)")
+    p.add_argument("--batch-sizes", type=batch_list, default="1,8,64", help="comma-separated (default 1,8,64)")
     p.add_argument("--fp16", action="store_true", help="float16 on both sides (CUDA only)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile")
     p.add_argument("--cuda-graph", action="store_true", help="onnxruntime with CUDA graphs")
     p.add_argument("--weights", type=Path, help="weights (.safetensors or torch state_dict file); "
                    "default: a run's best weights, or a seeded random initialisation")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation and inputs")
-    p.add_argument("--seconds", type=float, default=3.0, help="time budget per measurement")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the random initialisation and inputs")
+    p.add_argument("--seconds", type=SECONDS, default=3.0, help="time budget per measurement")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 
@@ -40,16 +41,6 @@ def register(subparsers) -> None:
 def say(message: str) -> None:
     """One progress line on stderr (plain text, no cursor control: fine in a log or a pipe)."""
     print(f"bench: {message}", file=sys.stderr, flush=True)
-
-
-def batch_sizes(text: str) -> list[int]:
-    try:
-        sizes = [int(s) for s in text.split(",")]
-    except ValueError:  # also an empty item, as in "1,,8"
-        sizes = []
-    if not sizes or min(sizes) < 1:
-        raise InputError(f"--batch-sizes must be positive integers separated by commas, not {text!r}")
-    return sizes
 
 
 def spec_graph(model: Path):
@@ -89,9 +80,7 @@ def run(args) -> int:
     from ..runtime.benchmark import busy_note, compare, table
     from ..runtime.predictor import SPEC_SUFFIXES
     from ..runtime.session import CUDA, resolve_device
-    sizes = batch_sizes(args.batch_sizes)
-    if not args.seconds > 0:
-        raise InputError(f"--seconds must be greater than 0, not {args.seconds}")
+    sizes = args.batch_sizes
     device = "cuda" if resolve_device(args.device) == CUDA else "cpu"
     options = dict(device=device, fp16=args.fp16, compile=args.compile,
                    cuda_graph=args.cuda_graph, seed=args.seed, budget_s=args.seconds,

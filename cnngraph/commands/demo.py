@@ -13,6 +13,7 @@ import numpy as np
 from . import about
 from ..errors import InputError
 from ..files import writing
+from ..options import COUNT
 
 SPEC = "lenet5"
 SHOWN = 8
@@ -23,7 +24,7 @@ def register(subparsers) -> None:
                               description=about(__doc__))
     p.add_argument("--out", type=Path, default=Path("runs/demo"),
                    help="run folder (default ./runs/demo; an earlier demo's run there is replaced)")
-    p.add_argument("--epochs", type=int, default=3, help="training epochs (default 3)")
+    p.add_argument("--epochs", type=COUNT, default=3, help="training epochs (default 3)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--quick", action="store_true",
                    help="a smoke run: 1 epoch on 1,000 glyphs and short timings")

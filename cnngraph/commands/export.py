@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import ExportError
 from ..files import check_output, read_weights
+from ..options import BATCH, OPSET, SEED
 
 log = logging.getLogger("cnngraph.export")
 
@@ -18,9 +19,9 @@ def register(subparsers) -> None:
                    help="a spec file, a zoo name, or a training run directory (its best weights)")
     p.add_argument("-o", "--output", required=True, type=Path, help="the .onnx file to write")
     add_weight_options(p)
-    p.add_argument("--opset", type=int, help="ONNX opset (default: the newest onnxruntime runs)")
+    p.add_argument("--opset", type=OPSET, help="ONNX opset (default: the newest onnxruntime runs)")
     p.add_argument("--fp16", action="store_true", help="float16 weights and compute (I/O float32)")
-    p.add_argument("--static-batch", type=int, metavar="N", help="fix the batch size to N")
+    p.add_argument("--static-batch", type=BATCH, metavar="N", help="fix the batch size to N")
     p.add_argument("--keep-aux", action="store_true", help="keep training-only outputs (aux heads)")
     p.add_argument("--deform-body", choices=["native", "legacy"], default="native",
                    help="body of cnngraph.DeformConv: the standard DeformConv, or GridSample+"
@@ -31,7 +32,7 @@ def register(subparsers) -> None:
 def add_weight_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", type=Path, help="a .safetensors file or a torch state_dict file "
                    "(default: the run's best weights, or a seeded random initialisation)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the random initialisation")
 
 
 def run(args) -> int:

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from . import about
-from ..errors import InputError
 from ..files import atomic_write, check_output
+from ..options import BATCH, COUNT
 
 log = logging.getLogger("cnngraph.runtime")
 
@@ -32,8 +32,8 @@ def register(subparsers) -> None:
                    help="where onnxruntime runs: cuda, cpu, or auto (CUDA when a usable GPU is "
                         "found, else the CPU); default auto, without the note that "
                         "--device auto prints on why it runs on the CPU")
-    p.add_argument("--batch-size", type=int, default=32, help="samples per run (default 32)")
-    p.add_argument("--top-k", type=int, default=5, help="classes to print per input (default 5)")
+    p.add_argument("--batch-size", type=BATCH, default=32, help="samples per run (default 32)")
+    p.add_argument("--top-k", type=COUNT, default=5, help="classes to print per input (default 5)")
     p.add_argument("--output", type=Path,
                    help="also write all outputs to this .npz (default for non-classifiers: "
                         "MODEL_STEM.outputs.npz)")
@@ -112,8 +112,6 @@ def _expected(predictor: Predictor, spec) -> tuple[int, ...] | None:
 def run(args) -> int:
     from ..runtime import Predictor, load_inputs, load_named_inputs
 
-    if args.batch_size < 1 or args.top_k < 1:
-        raise InputError("--batch-size and --top-k must be at least 1")
     predictor = Predictor(args.model, args.device)
     if len(predictor.inputs) == 1:
         spec = predictor.inputs[0]

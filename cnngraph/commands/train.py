@@ -5,6 +5,8 @@ import argparse
 import json
 import os
 
+from ..options import BATCH, COUNT, FRACTION, NON_NEGATIVE, POSITIVE, SEED
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -14,26 +16,26 @@ def register(subparsers) -> None:
     p.add_argument("spec", help="spec file or zoo name")
     p.add_argument("--data", help="glyphs (default), glyphs16, or a path: .npz, MNIST IDX "
                                   "folder/file, CIFAR python folder, image folder")
-    p.add_argument("--epochs", type=int, help="default 10")
-    p.add_argument("--batch-size", type=int, help="global batch size, default 128")
-    p.add_argument("--lr", type=float, help="default 3e-3 (adamw) or 0.05 (sgd)")
+    p.add_argument("--epochs", type=COUNT, help="default 10")
+    p.add_argument("--batch-size", type=BATCH, help="global batch size, default 128")
+    p.add_argument("--lr", type=POSITIVE, help="default 3e-3 (adamw) or 0.05 (sgd)")
     p.add_argument("--optimizer", choices=["sgd", "adamw"], help="default adamw")
     p.add_argument("--schedule", choices=["cosine", "step"], help="default cosine")
-    p.add_argument("--weight-decay", type=float, help="default 5e-4")
+    p.add_argument("--weight-decay", type=NON_NEGATIVE, help="default 5e-4")
     p.add_argument("--augment", help="comma-separated: crop, flip (default none)")
-    p.add_argument("--val-fraction", type=float,
+    p.add_argument("--val-fraction", type=FRACTION,
                    help="validation share for data without a validation set, default 0.1")
-    p.add_argument("--train-samples", type=int, metavar="N",
+    p.add_argument("--train-samples", type=COUNT, metavar="N",
                    help="train on the first N training samples only (a quick try); default all")
-    p.add_argument("--seed", type=int, help="default 0")
+    p.add_argument("--seed", type=SEED, help="default 0")
     p.add_argument("--deterministic", action="store_true", default=None,
                    help="deterministic kernels only (torch.use_deterministic_algorithms)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction,
                    help="mixed precision (default: on with CUDA)")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
-    p.add_argument("--checkpoint-minutes", type=float,
-                   help="also checkpoint inside an epoch this often, default 5")
+    p.add_argument("--checkpoint-minutes", type=NON_NEGATIVE,
+                   help="also checkpoint inside an epoch this often, default 5 (0: every step)")
     p.add_argument("--out", help="run directory (default runs/NAME-TIMESTAMP)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--json", action="store_true", help="print the result as one JSON line last")

@@ -3,6 +3,7 @@ same model in PyTorch (eager, optionally torch.compile) and on onnxruntime, time
 (warm-up, then timed runs within a time budget), with the parity error between them."""
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -100,6 +101,7 @@ def compare(module, model_path: str | Path, batch_sizes: list[int], *, device: s
     if fixed is not None and set(batch_sizes) != {fixed}:
         raise InputError(f"{model_path}: exported with a fixed batch of {fixed}; time it with "
                          f"--batch-sizes {fixed} (or export it with a dynamic batch)")
+    _check_input_memory(model_path, shapes, batch_sizes)
     inputs = {b: _random_inputs(shapes, b, seed) for b in batch_sizes}  # a list: one per input
     eager_rows: dict[int, list[Timing]] = {b: [] for b in batch_sizes}
     references: dict[int, np.ndarray] = {}
@@ -161,12 +163,28 @@ def busy_note() -> str | None:
             "cores, so timings (PyTorch's most) may read slow")
 
 
+def _check_input_memory(model_path, shapes: dict[str, list], batch_sizes: list[int]) -> None:
+    """Refuse batch sizes whose random inputs alone would take over half the machine's memory
+    (the model's activations need the rest), before numpy tries to allocate them."""
+    per_sample = sum(math.prod(d if isinstance(d, int) and d > 0 else 1 for d in dims[1:])
+                     for dims in shapes.values())
+    need = 4 * per_sample * sum(batch_sizes)  # float32, every batch size held at once
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # no sysconf: let numpy answer
+        return
+    if need > memory // 2:
+        raise InputError(f"--batch-sizes {','.join(map(str, batch_sizes))}: the random inputs "
+                         f"of {model_path} alone need {need / 2**30:,.1f} GiB, over half of this "
+                         f"machine's {memory / 2**30:,.1f} GiB; ask for smaller batch sizes")
+
+
 def _random_inputs(shapes: dict[str, list], batch: int, seed: int) -> list[np.ndarray]:
     """Seeded standard-normal float32 inputs at this batch, one per model input (a symbolic
     dim other than the batch taken as 1)."""
     rng = np.random.default_rng(seed)
     return [rng.standard_normal([batch] + [d if isinstance(d, int) and d > 0 else 1
-                                           for d in dims[1:]]).astype(np.float32)
+                                           for d in dims[1:]], dtype=np.float32)
             for dims in shapes.values()]
 
 

@@ -5,6 +5,7 @@ from dataclasses import asdict, dataclass, fields
 
 from ..data.augment import AUGMENTATIONS
 from ..errors import CnnGraphError
+from ..options import BATCH, COUNT, FRACTION, NON_NEGATIVE, POSITIVE, SEED
 
 DEFAULT_LR = {"adamw": 3e-3, "sgd": 0.05}
 
@@ -38,23 +39,23 @@ class TrainConfig:
             (self.optimizer in DEFAULT_LR, f"--optimizer must be one of {', '.join(DEFAULT_LR)}"),
             (self.schedule in ("cosine", "step"), "--schedule must be cosine or step"),
             (self.device in ("auto", "cpu", "cuda"), "--device must be auto, cpu or cuda"),
-            (self.epochs >= 1, "--epochs must be at least 1"),
-            (self.batch_size >= 1, "--batch-size must be at least 1"),
-            (self.lr is None or self.lr > 0, "--lr must be positive"),
-            (0 < self.val_fraction < 1, "--val-fraction must be between 0 and 1"),
-            (self.train_samples is None or self.train_samples >= 1,
-             "--train-samples must be at least 1"),
             (set(self.augment) <= set(AUGMENTATIONS),
              f"--augment takes {', '.join(AUGMENTATIONS)}, got {', '.join(self.augment)}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise CnnGraphError(message)
+        for name, kind in RANGES.items():  # the ranges the command line checks too
+            if (value := getattr(self, name)) is not None:  # None: lr and train_samples
+                kind.check("--" + name.replace("_", "-"), value)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "augment": list(self.augment)}
 
 
+RANGES = {"epochs": COUNT, "batch_size": BATCH, "lr": POSITIVE, "warmup_epochs": NON_NEGATIVE,
+          "weight_decay": NON_NEGATIVE, "momentum": NON_NEGATIVE, "val_fraction": FRACTION,
+          "train_samples": COUNT, "seed": SEED, "checkpoint_minutes": NON_NEGATIVE}
 DEFAULTS = TrainConfig()
 # the JSON types config.json may hold for a field, by the type of its default
 _KINDS = {int: (int,), float: (int, float), str: (str,), bool: (bool,), tuple: (list,),

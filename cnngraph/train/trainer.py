@@ -546,8 +546,8 @@ class _Loop:
             self.scaler.update()
             self.scheduler.step()
             top1, _ = correct_topk(main_logits(logits, self.main).detach(), y, 1)
-            n = len(y)
-            p.sums["loss"] += float(loss.detach()) * n
+            n, loss_value = len(y), float(loss.detach())
+            p.sums["loss"] += loss_value * n
             p.sums["top1"] += top1
             p.sums["seen"] += n
             p.step, seen_here = step + 1, seen_here + n
@@ -558,8 +558,11 @@ class _Loop:
                                 acc=f"{p.sums['top1'] / p.sums['seen']:.2%}",
                                 img_s=f"{seen_here * self.ddp.world / max(elapsed, 1e-9):.0f}")
             due = time.monotonic() - last_save > self.config.checkpoint_minutes * 60
-            stop, save = self._agree(flags["stop"], due)
+            stop, save, diverged = self._agree(flags["stop"], due, not math.isfinite(loss_value))
             _reached("step", p.epoch, self.ddp.rank)
+            if diverged:  # these weights are lost: keep the checkpoint on disk as it is
+                bar.close()
+                raise self._diverged(p, loss_value)
             if stop:
                 bar.close()
                 return False
@@ -570,13 +573,24 @@ class _Loop:
         bar.close()
         return True
 
-    def _agree(self, stop: bool, due: bool) -> tuple[bool, bool]:
-        """All processes stop / checkpoint at the same step (rank 0's clock decides saves)."""
+    def _agree(self, stop: bool, due: bool, diverged: bool) -> tuple[bool, bool, bool]:
+        """All processes stop / checkpoint / give up at the same step (rank 0's clock decides
+        saves; one rank's non-finite loss stops them all)."""
         if self.ddp.world == 1:
-            return stop, due
-        flags = self.ddp.all_sum([float(stop), float(due and self.ddp.main)], self.device,
-                                 op=dist.ReduceOp.MAX)
-        return bool(flags[0]), bool(flags[1])
+            return stop, due, diverged
+        flags = self.ddp.all_sum([float(stop), float(due and self.ddp.main), float(diverged)],
+                                 self.device, op=dist.ReduceOp.MAX)
+        return bool(flags[0]), bool(flags[1]), bool(flags[2])
+
+    def _diverged(self, p: _Progress, loss: float, which: str = "training") -> CnnGraphError:
+        """The one-line error for a training loss that became NaN or infinite."""
+        c = self.config
+        kept = ("its last checkpoint is kept as it was" if (self.run_dir / rd.CHECKPOINT).exists()
+                else "it holds no checkpoint yet")
+        return CnnGraphError(
+            f"epoch {p.epoch + 1} step {p.step}: the {which} loss became {loss} (the weights "
+            f"diverged), so training stopped; {self.run_dir}: {kept}. Train again into a new "
+            f"--out with a lower --lr (now {c.lr:g}) or --weight-decay (now {c.weight_decay:g})")
 
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float, float]:
@@ -600,6 +614,8 @@ class _Loop:
     def _end_epoch(self, p: _Progress) -> None:
         started = time.monotonic()
         val_loss, val_top1, val_top5 = self.evaluate()
+        if not math.isfinite(val_loss):  # the last steps diverged: do not save these weights
+            raise self._diverged(p, val_loss, "validation")
         loss, top1, seen, images = self.ddp.all_sum(
             [*(p.sums[k] for k in ("loss", "top1", "seen")), self.timed["images"]], self.device)
         train_seconds = self.timed["seconds"]
