@@ -188,7 +188,7 @@ SPEC_CASES = {
                            r"no output is active in training"),
     "negative loss weight": ({"outputs": [{"name": "fc", "loss_weight": -1}]},
                              r"output 'fc': loss_weight must be a number >= 0, got -1"),
-    "name not a string": ({"name": 5}, r"`name` must be a non-empty string, got 5"),
+    "name not a string": ({"name": 5}, r"`name` must be a non-empty printable string of at most 100 characters .*, got 5"),
     "layers empty": ({"layers": []}, r"`layers` is an empty list: add at least one layer"),
     "layers not a list": ({"layers": {"c": 1}}, r"`layers` must be a list of layers .*got a dict"),
     "huge repeat": ({"layers": [{"name": "r", "op": "relu", "repeat": 10**8}]},
