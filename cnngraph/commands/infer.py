@@ -10,12 +10,16 @@ import io
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import about
 from ..files import atomic_write, check_output
 from ..options import BATCH, COUNT
+
+if TYPE_CHECKING:  # imported in run(): onnxruntime is not needed for --help
+    from ..runtime import Predictor
 
 log = logging.getLogger("cnngraph.runtime")
 

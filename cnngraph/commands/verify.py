@@ -4,11 +4,15 @@ than the tolerance."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import InputError
 from .export import add_weight_options, resolve
+
+if TYPE_CHECKING:  # imported where used: onnx is not needed for --help
+    import onnx
 
 # max |onnx - torch| / max |torch| per output: float32 exports agree to rounding; float16
 # weights and compute keep about 3 significant digits
@@ -126,7 +130,7 @@ def _exported_from(model, graph) -> str | None:
     return None if same else str(variant or name)
 
 
-def read_model(path: Path) -> "onnx.ModelProto":
+def read_model(path: Path) -> onnx.ModelProto:
     """The model's graph (weights stay on disk), or one InputError for a file that is not an
     ONNX model."""
     from ..files import read_onnx
