@@ -13,3 +13,9 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
   "${PIP[@]}" torch==2.13.0 || "${PIP[@]}" torch
 fi
 "${PIP[@]}" -e ".[dev]"
+# torchvision: optional and for the tests only (its models are the reference; tests/torchvision_ref.py).
+# The release that matches torch, with --no-deps so that it can never replace torch; skipped if unavailable.
+TV=$(.venv/bin/python -c "import torch; v = torch.__version__.split('+')[0].split('.'); print('0.%d.0' % (int(v[1]) + 15) if v[0] == '2' else '')")
+if [ -n "$TV" ] && ! .venv/bin/python -m pip show -q torchvision >/dev/null 2>&1; then
+  "${PIP[@]}" --no-deps "torchvision==$TV" || echo "setup: torchvision $TV not installed; the tests that compare against it will skip"
+fi
