@@ -1,0 +1,91 @@
+"""Weights from elsewhere (cnngraph.import_weights): torchvision's own models are the reference.
+Each test builds torchvision's network with random weights, imports its state_dict and compares
+outputs on the same input, so a wrong rename, a shifted nn.Sequential number or a transposed
+tensor shows as a missing key, a mis-shaped key or a different output."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import cnngraph
+from cnngraph.pretrained import WeightsError
+from torchvision_ref import models
+
+
+def imported(name: str, reference: torch.nn.Module):
+    """(graph, our module) carrying the reference's weights."""
+    graph = cnngraph.load(name)
+    state = cnngraph.import_weights(graph, reference.state_dict())
+    module = cnngraph.build(graph)
+    module.load_state_dict(state)  # strict: every key, no extra
+    return graph, module, state
+
+
+def randomise_bn(module: torch.nn.Module, seed: int = 0) -> None:
+    """Non-trivial batch norm statistics and affine terms, so that eval mode tests them."""
+    g = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+
+
+def same_outputs(ours, theirs, x, *, train: bool, atol=1e-4):
+    ours.train(train)
+    theirs.train(train)
+    with torch.no_grad():
+        a, b = ours(x), theirs(x)
+    a = a if isinstance(a, torch.Tensor) else list(a.values())
+    b = b if isinstance(b, torch.Tensor) else list(b)
+    for p, q in zip(a if isinstance(a, list) else [a], b if isinstance(b, list) else [b]):
+        assert p.shape == q.shape
+        torch.testing.assert_close(p, q, atol=atol, rtol=1e-4)
+
+
+def test_resnet18_from_torchvision_eval_and_train():
+    tv = models()
+    torch.manual_seed(0)
+    reference = tv.resnet18()
+    randomise_bn(reference)
+    graph, ours, state = imported("resnet18", reference)
+    assert state.naming == "torchvision" and state.matched == len(reference.state_dict())
+    assert "layer2.0.downsample.conv.weight" in state  # from torchvision's downsample.0
+    x = torch.randn(2, 3, 64, 64)
+    same_outputs(ours, reference, x, train=False)
+    same_outputs(ours, reference, x, train=True)  # batch statistics, and the same update:
+    torch.testing.assert_close(ours.state_dict()["bn1.running_mean"],
+                               reference.state_dict()["bn1.running_mean"])
+
+
+def test_own_naming_round_trip_and_files(tmp_path):
+    from safetensors.torch import save_file
+
+    graph = cnngraph.load("resnet18")
+    torch.manual_seed(1)
+    state = cnngraph.build(graph).state_dict()
+    got = cnngraph.import_weights(graph, state)
+    assert got.naming == "cnngraph" and set(got) == set(state)
+    save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "w.safetensors")
+    torch.save({"module." + k: v for k, v in state.items()}, tmp_path / "w.pth")  # DataParallel
+    torch.save({"model": state, "epoch": 3}, tmp_path / "checkpoint.pth")  # a training checkpoint
+    for name in ("w.safetensors", "w.pth", "checkpoint.pth"):
+        got = cnngraph.import_weights(graph, tmp_path / name)
+        assert all(torch.equal(got[k], state[k]) for k in state), name
+
+
+def test_mismatch_is_one_line_naming_keys_and_counts():
+    tv = models()
+    with pytest.raises(WeightsError) as info:
+        cnngraph.import_weights(cnngraph.load("resnet34"), tv.resnet18().state_dict())
+    message = str(info.value)
+    assert "\n" not in message and "closest is torchvision" in message
+    assert "80 missing (layer1.2.conv1.weight" in message  # 3+4+6+3 vs 2+2+2+2 blocks: 8 more
+    state = tv.resnet18(num_classes=10).state_dict()
+    with pytest.raises(WeightsError, match=r"1 unmatched in the file \(extra.weight\); 2 "
+                       r"mis-shaped \(fc.weight \(10, 512\) \(expected \(1000, 512\)\), fc.bias"):
+        cnngraph.import_weights(cnngraph.load("resnet18"), {**state, "extra.weight": torch.ones(1)})
+    # the head left out: everything else is taken, the head kept from a fresh build
+    got = cnngraph.import_weights(cnngraph.load("resnet18"), state, ignore=["fc"])
+    assert sorted(got.kept) == ["fc.bias", "fc.weight"] and got.matched == len(state) - 2
