@@ -45,16 +45,20 @@ class Imported(dict):
     "torchvision"), `matched` (tensors taken from the source), `reshaped` (keys whose tensor
     was reshaped, e.g. a Linear's (out, in) into a 1x1 convolution's (out, in, 1, 1)), `kept`
     (keys not in the source, left at the fresh module's values: batch norm step counters,
-    `ignore`d layers), and `normalize` (the input normalisation the naming declares, or None)."""
+    `ignore`d layers), `normalize` (the input normalisation the naming declares, or None) and
+    `alike` (the other namings under which the keys are the same)."""
 
     naming: str = OWN
     matched: int = 0
     reshaped: list
     kept: list
+    alike: list
     normalize: dict | None = None
 
     def summary(self) -> str:
         text = f"naming {self.naming}, {self.matched} tensors matched"
+        if self.alike:
+            text += f" (the keys are {', '.join(self.alike)}'s too: choose with naming=)"
         if self.reshaped:
             text += f", {len(self.reshaped)} reshaped"
         if self.kept:
@@ -65,11 +69,14 @@ class Imported(dict):
 
 
 def import_weights(graph: Graph, source: str | Path | Mapping[str, torch.Tensor], *,
-                   ignore: Iterable[str] = (), update_meta: bool = True) -> Imported:
+                   naming: str | None = None, ignore: Iterable[str] = (),
+                   update_meta: bool = True) -> Imported:
     """A state_dict that `cnngraph.build(graph).load_state_dict(...)` takes strictly, from
     `source`: a .safetensors file, a torch.save'd state_dict (.pth/.pt, read with
     weights_only: nothing in it runs) or a mapping of names to tensors, named by cnngraph or by a
-    naming the family declares (`meta.naming`). `ignore`: layer paths (or their prefixes, e.g.
+    naming the family declares (`meta.naming`), recognised from the keys unless `naming` names
+    it (needed where the names are alike but the normalisation is not: torchvision's
+    inception_v3). `ignore`: layer paths (or their prefixes, e.g.
     the head to re-initialise) whose weights are neither required nor taken. Where the naming
     declares an input normalisation (torchvision's googlenet normalises inside), it becomes
     graph.meta["normalize"] unless `update_meta` is False. A WeightsError (one line) names the
@@ -85,10 +92,14 @@ def import_weights(graph: Graph, source: str | Path | Mapping[str, torch.Tensor]
     for name, entry in declared.items():
         keys = rename_keys(graph, entry["rules"], list(expected), f"meta.naming.{name}")
         namings[name] = {theirs: ours for ours, theirs in keys.items()}
-    name = max(namings, key=lambda n: (len(state.keys() & namings[n].keys()), n == OWN))
+    if naming is not None and naming not in namings:
+        raise WeightsError(f"naming {naming!r}: '{graph.name}' knows {', '.join(namings)} "
+                           "(its spec declares the others under meta.naming)")
+    name = naming or max(namings, key=lambda n: (len(state.keys() & namings[n].keys()), n == OWN))
     mapping = namings[name]
     out = Imported()
     out.naming, out.reshaped, out.kept = name, [], []
+    out.alike = [n for n in namings if n != name and namings[n].keys() == mapping.keys()]
     unmatched = [k for k in state if k not in mapping]
     missing, wrong = [], []
     for theirs, ours in mapping.items():

@@ -12,12 +12,13 @@ from cnngraph.pretrained import WeightsError
 from torchvision_ref import models
 
 
-def imported(name: str, reference: torch.nn.Module):
-    """(graph, our module) carrying the reference's weights."""
-    graph = cnngraph.load(name)
-    state = cnngraph.import_weights(graph, reference.state_dict())
-    module = cnngraph.build(graph)
-    module.load_state_dict(state)  # strict: every key, no extra
+def imported(name: str, reference: torch.nn.Module, **options):
+    """(graph, our module, the imported state_dict) carrying the reference's weights."""
+    graph = cnngraph.load(name, input_shape=options.pop("input_shape", None))
+    state = cnngraph.import_weights(graph, reference.state_dict(), **options)
+    with torch.device("meta"):  # no initialisation: the weights come next
+        module = cnngraph.build(graph)
+    module.load_state_dict(state, assign=True)  # strict: every key, no extra
     return graph, module, state
 
 
@@ -32,16 +33,27 @@ def randomise_bn(module: torch.nn.Module, seed: int = 0) -> None:
             m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
 
 
-def same_outputs(ours, theirs, x, *, train: bool, atol=1e-4):
+def same_outputs(ours, theirs, x, *, train: bool, outputs=("main",), atol=1e-4):
+    """Both networks' outputs on x agree: ours named `outputs`, in the order of torchvision's
+    (its namedtuple: main, then auxiliary heads)."""
     ours.train(train)
     theirs.train(train)
     with torch.no_grad():
         a, b = ours(x), theirs(x)
-    a = a if isinstance(a, torch.Tensor) else list(a.values())
-    b = b if isinstance(b, torch.Tensor) else list(b)
-    for p, q in zip(a if isinstance(a, list) else [a], b if isinstance(b, list) else [b]):
+    a = [a] if isinstance(a, torch.Tensor) else [a[name] for name in outputs]
+    b = [b] if isinstance(b, torch.Tensor) else list(b)
+    assert len(a) == len(b) == len(outputs)
+    for p, q in zip(a, b):
         assert p.shape == q.shape
         torch.testing.assert_close(p, q, atol=atol, rtol=1e-4)
+
+
+@pytest.fixture
+def no_dropout(monkeypatch):
+    """Dropout as the identity in both networks (ours and torchvision's call F.dropout), so
+    that train mode compares deterministic outputs and still tests batch norm's batch
+    statistics: the random masks could not agree anyway, the layers run in different orders."""
+    monkeypatch.setattr(torch.nn.functional, "dropout", lambda x, *args, **kwargs: x)
 
 
 def test_resnet18_from_torchvision_eval_and_train():
@@ -89,3 +101,52 @@ def test_mismatch_is_one_line_naming_keys_and_counts():
     # the head left out: everything else is taken, the head kept from a fresh build
     got = cnngraph.import_weights(cnngraph.load("resnet18"), state, ignore=["fc"])
     assert sorted(got.kept) == ["fc.bias", "fc.weight"] and got.matched == len(state) - 2
+
+
+# One variant per family, against torchvision's network at a small input (what the network
+# allows: inception_v3's auxiliary head needs 299x299). The other variants: keys and shapes.
+MAIN = ("main",)
+FAMILIES = [  # (ours, torchvision's builder, its options, input size, outputs in train mode)
+    ("alexnet_tv", "alexnet", {}, 63, MAIN),
+    ("vgg11_bn", "vgg11_bn", {}, 32, MAIN),
+    ("densenet121", "densenet121", {}, 32, MAIN),
+    ("googlenet", "googlenet", {"aux_logits": True, "init_weights": True}, 64,
+     ("main", "aux2", "aux1")),  # GoogLeNetOutputs(logits, aux_logits2, aux_logits1)
+    ("inception_v3", "inception_v3", {"aux_logits": True, "init_weights": True}, 299,
+     ("main", "aux")),
+]
+
+
+@pytest.mark.parametrize("name, builder, options, size, outputs", FAMILIES,
+                         ids=[f[0] for f in FAMILIES])
+def test_family_outputs_equal_torchvisions(name, builder, options, size, outputs, no_dropout):
+    tv = models()
+    torch.manual_seed(0)
+    reference = getattr(tv, builder)(**options)
+    randomise_bn(reference)
+    naming = {"naming": "torchvision"} if name == "inception_v3" else {}  # its keys are ours
+    graph, ours, state = imported(name, reference, input_shape=(3, size, size), **naming)
+    assert state.naming == "torchvision" and not state.kept
+    x = torch.randn(2, 3, size, size)
+    same_outputs(ours, reference, x, train=False)
+    same_outputs(ours, reference, x, train=True, outputs=outputs)
+
+
+VARIANTS = ["alexnet_tv", "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19",
+            "vgg19_bn", "densenet121", "densenet161", "densenet169", "densenet201", "googlenet",
+            "inception_v3", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_every_variant_imports_torchvisions_keys(name):
+    """Every key and shape of torchvision's network (built on the meta device: no memory)."""
+    tv = models()
+    builder = "alexnet" if name == "alexnet_tv" else name
+    options = {"aux_logits": True, "init_weights": False} if name in ("googlenet", "inception_v3") else {}
+    with torch.device("meta"):
+        state = getattr(tv, builder)(**options).state_dict()
+    graph = cnngraph.load(name)
+    got = cnngraph.import_weights(graph, state, naming="torchvision")
+    assert got.matched == len(state) and not got.kept
+    with torch.device("meta"):
+        cnngraph.build(graph).load_state_dict(got, strict=True)
