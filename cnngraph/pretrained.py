@@ -45,7 +45,8 @@ class Imported(dict):
     "torchvision"), `matched` (tensors taken from the source), `reshaped` (keys whose tensor
     was reshaped, e.g. a Linear's (out, in) into a 1x1 convolution's (out, in, 1, 1)), `kept`
     (keys not in the source, left at the fresh module's values: batch norm step counters,
-    `ignore`d layers), `normalize` (the input normalisation the naming declares, or None) and
+    `ignore`d layers, auxiliary heads (layers only training-only outputs use) that a model saved
+    for inference lacks), `normalize` (the input normalisation the naming declares, or None) and
     `alike` (the other namings under which the keys are the same)."""
 
     naming: str = OWN
@@ -102,12 +103,13 @@ def import_weights(graph: Graph, source: str | Path | Mapping[str, torch.Tensor]
     out.alike = [n for n in namings if n != name and namings[n].keys() == mapping.keys()]
     unmatched = [k for k in state if k not in mapping]
     missing, wrong = [], []
+    train_only = set(graph.nodes) - graph.ancestors([o.node for o in graph.active_outputs(False)])
     for theirs, ours in mapping.items():
         if any(ours.startswith(p + ".") for p in ignored):
             continue  # neither required nor taken: kept below
         if theirs not in state:
-            if ours.endswith(IGNORED):
-                out.kept.append(ours)
+            if ours.endswith(IGNORED) or _layer(ours, graph.nodes) in train_only:
+                out.kept.append(ours)  # a counter, or an aux head a saved inference model lacks
             else:
                 missing.append(theirs)
             continue
@@ -185,9 +187,7 @@ def rename_keys(graph: Graph, rules: list, keys: list[str],
     paths = rename_paths(graph, rules, where)
     out = {}
     for key in keys:
-        layer = key
-        while layer not in paths and "." in layer:
-            layer = layer.rsplit(".", 1)[0]
+        layer = _layer(key, paths)
         out[key] = paths.get(layer, layer) + key[len(layer):]
     for i, rule in enumerate(rules):
         if isinstance(rule, Mapping) and rule.get("key"):
@@ -239,6 +239,14 @@ def _number(paths: list[str], ops: list[str], scope: re.Pattern, flat: bool,
         rest = [] if flat else parts[k + 1:]
         out.append(".".join([prefix, str(number), *rest]))
     return out
+
+
+def _layer(key: str, layers) -> str:
+    """The layer path of a state_dict key: its longest prefix that is a layer."""
+    layer = key
+    while layer not in layers and "." in layer:
+        layer = layer.rsplit(".", 1)[0]
+    return layer
 
 
 def _renamer(rule: Mapping, place: str, graph: Graph):

@@ -150,3 +150,49 @@ def test_every_variant_imports_torchvisions_keys(name):
     assert got.matched == len(state) and not got.kept
     with torch.device("meta"):
         cnngraph.build(graph).load_state_dict(got, strict=True)
+
+
+@pytest.mark.parametrize("name, size", [("googlenet", 64), ("inception_v3", 299)])
+def test_transform_input_checkpoint_predicts_as_torchvision_through_infer(name, size, tmp_path,
+                                                                          capsys):
+    """torchvision's pretrained googlenet and inception_v3 (transform_input=True) take an
+    ImageNet-normalised image and re-normalise it inside to (pixels - 0.5) / 0.5. Imported, the
+    model records that normalisation, so `cnngraph infer` on the image file gives torchvision's
+    logits. Its state_dict is saved without the auxiliary heads (as a model loaded for
+    inference is): they are kept at a fresh initialisation."""
+    import numpy as np
+    from PIL import Image
+
+    from cnngraph.cli import main
+    from exporters import export_onnx
+
+    tv = models()
+    torch.manual_seed(0)
+    reference = getattr(tv, name)(transform_input=True, aux_logits=False, init_weights=True).eval()
+    randomise_bn(reference)
+    torch.save(reference.state_dict(), tmp_path / "tv.pth")
+    pixels = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "image.png")
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    x = (torch.from_numpy(pixels).permute(2, 0, 1).float() / 255 - mean[:, None, None]) / std[:, None, None]
+    with torch.no_grad():
+        expected = reference(x[None]).numpy()
+
+    graph = cnngraph.load(name, input_shape=(3, size, size))
+    state = cnngraph.import_weights(graph, tmp_path / "tv.pth", naming="torchvision")
+    assert graph.meta["normalize"] == {"mean": [0.5] * 3, "std": [0.5] * 3}
+    assert state.kept and all(k.startswith(("aux", "AuxLogits")) for k in state.kept)
+    with torch.device("meta"):
+        module = cnngraph.build(graph)
+    module.load_state_dict(state, assign=True)
+    export_onnx(graph, module.eval(), tmp_path / "model.onnx")
+    assert main(["infer", str(tmp_path / "model.onnx"), str(tmp_path / "image.png"),
+                 "--output", str(tmp_path / "out.npz")]) == 0
+    capsys.readouterr()
+    got = np.load(tmp_path / "out.npz")
+    scale = np.abs(expected).max()  # random weights: logits may be huge (inception_v3 ~1e13)
+    np.testing.assert_allclose(got[got.files[0]] / scale, expected / scale, atol=1e-5)
+    assert got[got.files[0]].argmax() == expected.argmax()
+    # the ImageNet normalisation (what the family declares for its own training) differs
+    graph = cnngraph.load(name, input_shape=(3, size, size))
+    assert graph.meta["normalize"]["mean"] == [0.485, 0.456, 0.406]
