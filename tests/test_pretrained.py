@@ -108,6 +108,7 @@ def test_mismatch_is_one_line_naming_keys_and_counts():
 MAIN = ("main",)
 FAMILIES = [  # (ours, torchvision's builder, its options, input size, outputs in train mode)
     ("alexnet_tv", "alexnet", {}, 63, MAIN),
+    ("resnext50_32x4d", "resnext50_32x4d", {}, 64, MAIN),  # grouped 3x3 convolutions
     ("vgg11_bn", "vgg11_bn", {}, 32, MAIN),
     ("densenet121", "densenet121", {}, 32, MAIN),
     ("googlenet", "googlenet", {"aux_logits": True, "init_weights": True}, 64,
@@ -134,7 +135,9 @@ def test_family_outputs_equal_torchvisions(name, builder, options, size, outputs
 
 VARIANTS = ["alexnet_tv", "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19",
             "vgg19_bn", "densenet121", "densenet161", "densenet169", "densenet201", "googlenet",
-            "inception_v3", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+            "inception_v3", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+            "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2",
+            "wide_resnet101_2"]
 
 
 @pytest.mark.parametrize("name", VARIANTS)
