@@ -14,7 +14,7 @@ import sys
 
 from .errors import CnnGraphError, one_line
 
-COMMANDS = ["zoo", "show", "ops", "train", "export", "verify", "infer", "bench", "demo"]
+COMMANDS = ["zoo", "show", "ops", "train", "export", "verify", "infer", "bench", "demo", "weights"]
 
 
 class UsageError(CnnGraphError):

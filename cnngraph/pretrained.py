@@ -20,6 +20,7 @@ that matches most keys wins, and must then match every key with the right shape.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -134,12 +135,68 @@ def import_weights(graph: Graph, source: str | Path | Mapping[str, torch.Tensor]
                 out.kept.append(key)
     out.matched = len(out) - len(out.kept)
     normalize = declared.get(name, {}).get("normalize")
+    if name == OWN and isinstance(source, (str, Path)):
+        normalize = recorded_normalize(Path(source))  # a file `cnngraph weights` converted
     out.normalize = normalize
     if normalize and update_meta:
         graph.meta["normalize"] = normalize
         if isinstance(graph.spec.get("meta"), dict):
             graph.spec["meta"] = {**graph.spec["meta"], "normalize": normalize}
     return out
+
+
+def load_weights(graph: Graph, module: torch.nn.Module, path: str | Path, *,
+                 naming: str | None = None, ignore: Iterable[str] = (), say=None) -> Imported:
+    """The command line's --weights (options.add_weights): `path` imported for `graph` and
+    loaded into `module` (built from it); a note through `say` (default: a line on stderr,
+    which keeps a command's stdout, a table or JSON, clean) where it was not cnngraph's own
+    naming, or some tensors were kept from the fresh build."""
+    state = import_weights(graph, path, naming=naming, ignore=ignore)
+    module.load_state_dict(state, strict=True)
+    if state.naming != OWN or state.kept or state.reshaped:
+        message = f"note: {path}: {state.summary()}"
+        say(message) if say else print(message, file=sys.stderr)
+    return state
+
+
+NORMALIZE_KEY = "cnngraph.normalize"  # safetensors metadata: the normalisation to import with
+
+
+def recorded_normalize(path: Path) -> dict | None:
+    """The input normalisation a safetensors file records under NORMALIZE_KEY (`cnngraph
+    weights` writes it where the naming declared one), or None."""
+    import json
+
+    from .files import _format
+
+    try:
+        if _format(path) != "safetensors":
+            return None
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            text = (f.metadata() or {}).get(NORMALIZE_KEY)
+        norm = json.loads(text) if text else None
+    except Exception:  # noqa: BLE001 - unreadable metadata: the weights were read already
+        return None
+    ok = isinstance(norm, dict) and set(norm) == {"mean", "std"} and all(
+        isinstance(v, list) and v and all(isinstance(x, (int, float)) for x in v)
+        for v in norm.values()) and all(x > 0 for x in norm["std"])
+    return norm if ok else None
+
+
+def to_safetensors(state: Imported, graph: Graph) -> bytes:
+    """`state` as safetensors bytes, recording the network, the naming it came from and the
+    normalisation it needs (NORMALIZE_KEY) in the file's metadata."""
+    import json
+
+    from safetensors.torch import save
+
+    metadata = {"cnngraph.network": graph.name, "cnngraph.naming": state.naming}
+    if state.normalize:
+        metadata[NORMALIZE_KEY] = json.dumps(state.normalize)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+    return save(tensors, metadata=metadata)
 
 
 def read(path: str | Path) -> dict[str, torch.Tensor]:
@@ -326,5 +383,6 @@ def _mismatch(graph: Graph, what: str, naming: str, total: int, unmatched: list,
     return (f"{what} fits '{graph.name}' under none of its namings "
             f"({', '.join(namings)}); closest is {naming}, with {total - len(unmatched)} of "
             f"{total} keys named alike: " + "; ".join(parts) + ". Use a checkpoint of this network "
-            "(the same variant and number of classes), or leave out the layers to "
-            "re-initialise (import_weights(..., ignore=[the head]))")
+            "(the same variant and number of classes); to start from one with another head, "
+            "`cnngraph train --weights` re-initialises it (Python: import_weights(..., "
+            "ignore=[its layers]))")

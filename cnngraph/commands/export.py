@@ -6,8 +6,8 @@ import logging
 from pathlib import Path
 
 from ..errors import ExportError
-from ..files import check_output, read_weights
-from ..options import BATCH, OPSET, SEED
+from ..files import check_output
+from ..options import BATCH, OPSET, SEED, add_weights
 
 log = logging.getLogger("cnngraph.export")
 
@@ -30,8 +30,7 @@ def register(subparsers) -> None:
 
 
 def add_weight_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights", type=Path, help="a .safetensors file or a torch state_dict file "
-                   "(default: the run's best weights, or a seeded random initialisation)")
+    add_weights(p, "the run's best weights, or a seeded random initialisation")
     p.add_argument("--seed", type=SEED, default=0, help="seed of the random initialisation")
 
 
@@ -44,7 +43,7 @@ def run(args) -> int:
     if args.output.suffix.lower() != ".onnx":
         log.warning("note: %s does not end in .onnx (it is written as ONNX all the same)",
                     args.output)
-    graph, module = resolve(args.source, args.weights, args.seed)
+    graph, module = resolve(args.source, args.weights, args.seed, args.naming)
     model = export_onnx(graph, module, args.output, opset=args.opset,
                         dynamic_batch=args.static_batch is None, batch_size=args.static_batch or 1,
                         fp16=args.fp16, keep_aux=args.keep_aux, deform_body=args.deform_body)
@@ -54,10 +53,11 @@ def run(args) -> int:
     return 0
 
 
-def resolve(source: str, weights: Path | None, seed: int):
+def resolve(source: str, weights: Path | None, seed: int, naming: str | None = None):
     """(graph, module) for a source: a run directory gives its spec and best weights (its last
     ones, said on stdout, before an epoch has finished); else the spec (file or zoo name) with
-    `weights`, or a random initialisation seeded by `seed`."""
+    `weights` (any naming import_weights takes; `naming` forces one), or a random
+    initialisation seeded by `seed`."""
     import torch
 
     import cnngraph
@@ -72,11 +72,13 @@ def resolve(source: str, weights: Path | None, seed: int):
                   f"using its last weights, {LAST}")
     else:
         graph, state = cnngraph.load(source), None
-    if weights:
-        state = read_weights(weights)
     torch.manual_seed(seed)
     module = cnngraph.build(graph).eval()
-    if state is not None:
+    if weights:
+        from ..pretrained import load_weights
+
+        load_weights(graph, module, weights, naming=naming)
+    elif state is not None:
         from exporters.ir_export import check_weights, state_arrays
 
         check_weights(graph, state_arrays(state), built=module)
