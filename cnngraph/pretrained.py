@@ -83,8 +83,11 @@ def import_weights(graph: Graph, source: str | Path | Mapping[str, torch.Tensor]
     declares an input normalisation (torchvision's googlenet normalises inside), it becomes
     graph.meta["normalize"] unless `update_meta` is False. A WeightsError (one line) names the
     unmatched, missing and mis-shaped keys of the closest naming."""
-    what = str(source) if isinstance(source, (str, Path)) else "the state_dict"
-    state = read(source) if isinstance(source, (str, Path)) else _checked(source, what)
+    if isinstance(source, (str, Path)):
+        state, what = _read(Path(source))
+    else:
+        what = "the state_dict"
+        state = _checked(source, what)
     if state and all(k.startswith("module.") for k in state):  # saved from a DataParallel
         state = {k[len("module."):]: v for k, v in state.items()}
     ignored = tuple(ignore)
@@ -103,7 +106,7 @@ def import_weights(graph: Graph, source: str | Path | Mapping[str, torch.Tensor]
     out.naming, out.reshaped, out.kept = name, [], []
     out.alike = [n for n in namings if n != name and namings[n].keys() == mapping.keys()]
     unmatched = [k for k in state if k not in mapping]
-    missing, wrong = [], []
+    missing, wrong, not_float = [], [], []
     train_only = set(graph.nodes) - graph.ancestors([o.node for o in graph.active_outputs(False)])
     for theirs, ours in mapping.items():
         if any(ours.startswith(p + ".") for p in ignored):
@@ -115,6 +118,9 @@ def import_weights(graph: Graph, source: str | Path | Mapping[str, torch.Tensor]
                 missing.append(theirs)
             continue
         tensor, shape = state[theirs], tuple(expected[ours].shape)
+        if expected[ours].is_floating_point() and not tensor.is_floating_point():
+            not_float.append(f"{theirs} ({str(tensor.dtype).removeprefix('torch.')})")
+            continue
         if tuple(tensor.shape) != shape:
             if _squeezed(tensor.shape) == _squeezed(shape):
                 tensor = tensor.reshape(shape)
@@ -123,6 +129,9 @@ def import_weights(graph: Graph, source: str | Path | Mapping[str, torch.Tensor]
                 wrong.append(f"{theirs} {tuple(tensor.shape)} (expected {shape})")
                 continue
         out[ours] = tensor
+    if not_float:
+        raise WeightsError(f"{what}: non-floating tensors where the network has weights: "
+                           f"{_first(not_float)}; are these the right weights?")
     if unmatched or missing or wrong:
         raise WeightsError(_mismatch(graph, what, name, len(state), unmatched, missing, wrong,
                                      list(namings)))
@@ -203,19 +212,25 @@ def read(path: str | Path) -> dict[str, torch.Tensor]:
     """The state_dict in a .safetensors or torch file (files.read_weights: nothing in it runs,
     NaN/inf refused); a training checkpoint holding it under 'state_dict' or 'model' (as
     torchvision's reference scripts save) is unwrapped."""
+    return _read(Path(path))[0]
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """(state_dict, how messages name it)."""
     from .files import read_weights
 
     try:
-        return read_weights(Path(path))
+        return read_weights(path), str(path)
     except ExportError as exc:
         if "it holds a dict under" not in str(exc):
             raise WeightsError(str(exc)) from None
     from .files import WEIGHT_FORMATS, load_torch
 
-    loaded = load_torch(Path(path), WeightsError, "weights", WEIGHT_FORMATS)
+    loaded = load_torch(path, WeightsError, "weights", WEIGHT_FORMATS)
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(loaded.get(key), Mapping):
-            return _checked(loaded[key], f"{path} (its {key!r})")
+            what = f"{path} (the state_dict under {key!r})"
+            return _checked(loaded[key], what), what
     raise WeightsError(f"{path}: expected a state_dict (names -> tensors), or a checkpoint "
                        "holding one under 'state_dict' or 'model'")
 
