@@ -225,3 +225,100 @@ def test_transform_input_checkpoint_predicts_as_torchvision_through_infer(name, 
     # the ImageNet normalisation (what the family declares for its own training) differs
     graph = cnngraph.load(name, input_shape=(3, size, size))
     assert graph.meta["normalize"]["mean"] == [0.485, 0.456, 0.406]
+
+
+# --- the command line ----------------------------------------------------------------------
+def one_line_error(capsys, *argv) -> str:
+    from cnngraph.cli import main
+
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    return err
+
+
+TOY = """
+name: toy
+input: [3, 16, 16]
+meta:
+  naming:                       # as a Sequential(features) + Linear(fc) model would name it
+    other:
+      normalize: {mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25]}
+      rules:
+        - {rename: '^(conv|bn|relu|pool)\\d$', to: 'features.{0}'}
+        - {sequential: features, flat: true}
+layers:
+  - {name: conv1, op: conv2d, out: 8, kernel: 3, padding: 1, bias: false}
+  - {name: bn1, op: batch_norm}
+  - {name: relu1, op: relu}
+  - {name: pool1, op: max_pool2d, kernel: 2, stride: 2}
+  - {name: conv2, op: conv2d, out: 8, kernel: 3, padding: 1}
+  - {name: relu2, op: relu}
+  - {name: flatten, op: flatten}
+  - {name: fc, op: linear, out: 5}
+"""
+
+
+def test_cli_weights_export_verify_bench_take_another_naming(tmp_path, capsys):
+    """A checkpoint of a user's spec in the names its `meta.naming` declares (features.0,
+    features.1, features.4, fc): converted once, and taken directly by export, verify and
+    bench; the normalisation the naming declares reaches the exported model."""
+    import onnx
+
+    from cnngraph.cli import main
+
+    spec = tmp_path / "toy.yaml"
+    spec.write_text(TOY)
+    graph = cnngraph.load(spec)
+    torch.manual_seed(5)  # not the commands' default seed 0
+    ours = cnngraph.build(graph).state_dict()
+    number = {"conv1": 0, "bn1": 1, "conv2": 4}  # relu1 2, pool1 3: counted, as nn.Sequential
+    theirs = {(f"features.{number[k.split('.')[0]]}." if k.split(".")[0] in number else "fc.")
+              + k.split(".", 1)[1]: v for k, v in ours.items()}
+    torch.save(theirs, tmp_path / "other.pth")
+
+    assert main(["weights", str(tmp_path / "other.pth"), "--spec", str(spec),
+                 "-o", str(tmp_path / "w.safetensors")]) == 0
+    out = capsys.readouterr().out
+    assert f"naming other, {len(ours)} tensors matched" in out and "std [0.25, 0.25, 0.25]" in out
+    converted = cnngraph.import_weights(cnngraph.load(spec), tmp_path / "w.safetensors")
+    assert converted.naming == "cnngraph" and converted.normalize["std"] == [0.25] * 3
+    assert all(torch.equal(converted[k], ours[k]) for k in ours)
+
+    assert main(["export", str(spec), "--weights", str(tmp_path / "other.pth"),
+                 "-o", str(tmp_path / "m.onnx")]) == 0
+    assert "naming other" in capsys.readouterr().err  # the note, off stdout
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
+    assert json.loads(props["cnngraph.normalize"])["std"] == [0.25] * 3
+    assert main(["verify", str(tmp_path / "m.onnx"), "--against", str(spec),
+                 "--weights", str(tmp_path / "w.safetensors")]) == 0
+    assert "PASS" in capsys.readouterr().out
+    assert main(["verify", str(tmp_path / "m.onnx"), "--against", str(spec)]) == 1  # other weights
+    capsys.readouterr()
+    for model in (tmp_path / "m.onnx", spec):  # PyTorch against the export, and the spec
+        assert main(["bench", str(model), "--weights", str(tmp_path / "other.pth"),
+                     "--batch-sizes", "1", "--seconds", "0.02", "--device", "cpu", "--json"]) == 0
+        rows = json.loads(capsys.readouterr().out)["results"]
+        assert {r["engine"] for r in rows} >= {"torch eager", "onnxruntime"}
+        assert all(r["max_rel_err"] < 1e-4 for r in rows if r["engine"] == "onnxruntime")
+
+
+def test_cli_wrong_checkpoints_are_one_line_and_write_nothing(tmp_path, capsys):
+    out = tmp_path / "out.safetensors"
+    ten = torchvision_state("resnet18", fc__weight=(10, 512), fc__bias=(10,))
+    torch.save(ten, tmp_path / "ten.pth")
+    message = one_line_error(capsys, "weights", tmp_path / "ten.pth", "--spec", "resnet18", "-o", out)
+    assert "2 mis-shaped (fc.weight (10, 512) (expected (1000, 512))" in message
+    assert "cnngraph train --weights" in message
+    message = one_line_error(capsys, "weights", tmp_path / "ten.pth", "--spec", "googlenet", "-o", out)
+    assert "fits 'googlenet' under none of its namings (cnngraph, torchvision)" in message
+    torch.save({"conv1.weight": torch.zeros(1), "f": torch.nn.ReLU()}, tmp_path / "obj.pth")
+    assert "holds pickled Python objects" in one_line_error(
+        capsys, "weights", tmp_path / "obj.pth", "--spec", "resnet18", "-o", out)
+    assert "knows cnngraph, torchvision" in one_line_error(
+        capsys, "weights", tmp_path / "ten.pth", "--spec", "resnet18", "-o", out, "--naming", "tf")
+    assert "is a safetensors file" in one_line_error(
+        capsys, "weights", tmp_path / "ten.pth", "--spec", "resnet18", "-o", tmp_path / "o.pth")
+    assert "mis-shaped" in one_line_error(capsys, "export", "resnet18", "--weights",
+                                          tmp_path / "ten.pth", "-o", tmp_path / "m.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["obj.pth", "ten.pth"]
