@@ -215,7 +215,7 @@ class _Converter:
                                 f"{', '.join(SUPPORTED)} (and drops the loss and accuracy "
                                 "layers)")
             if layer.HasField("transform_param") and self.transform is None:
-                self.transform = (layer.transform_param, list(layer.top))
+                self.transform = (layer.transform_param, list(layer.top[:1]))  # the data top
             handler(layer, self._bottoms(layer), included[index + 1:])
         self.layer = None
         if not self.inputs:
@@ -275,7 +275,7 @@ class _Converter:
     def _add(self, op: str, ins: list[str], attrs: dict, name: str | None = None) -> str:
         """Appends a spec layer, after inferring its shape with the op's own rule."""
         from cnngraph.graph import Node
-        from cnngraph.ops import REGISTRY, ShapeError
+        from cnngraph.ops import REGISTRY, REQUIRED, ShapeError
 
         rules = REGISTRY[op]
         name = name or self._name(self.layer.name)
@@ -284,7 +284,12 @@ class _Converter:
             shape = rules.infer(Node(name, op, list(ins), full), [self.shapes[i] for i in ins])
         except (ShapeError, ValueError) as exc:
             raise self.fail(f"as {op}: {exc}") from None
-        entry = {"name": name, "op": op, "inputs": list(ins), **attrs}
+        entry = {"name": name, "op": op, "inputs": list(ins)}
+        for key, value in attrs.items():  # written only where they differ from the defaults
+            default = rules.attrs[key].default
+            if default is REQUIRED or default is None or full[key] != rules.attrs[key].normalize(default):
+                pair = isinstance(value, list) and len(value) == 2 and value[0] == value[1]
+                entry[key] = value[0] if pair else value
         self.layers.append(entry)
         self.shapes[name] = shape
         for i in ins:
@@ -628,15 +633,17 @@ class _Converter:
     def _meta(self) -> dict:
         """Channel order and normalisation of the image inputs (3 channels; a 1-channel input
         gets the normalisation only)."""
-        images = [n for n, s in self.inputs.items() if len(s) == 3]
+        transform, tops = self.transform or (None, [])
+        held = {holder: blob for blob, holder in reversed(list(self.blobs.items()))}
+        images = [n for n, s in self.inputs.items() if len(s) == 3
+                  and (s[0] in (1, 3) or held.get(n, n) in tops)]
         if not images:
             return {}
-        transform, tops = self.transform or (None, [])
         norms = {}
         for name in images:
             channels = self.inputs[name][0]
             mean, scale = [0.0], 1.0
-            blob = next((b for b, holder in self.blobs.items() if holder == name), name)
+            blob = held.get(name, name)
             if transform is not None and blob in tops:
                 values = [_f32(v) for v in transform.mean_value]
                 if values and len(values) not in (1, channels):
