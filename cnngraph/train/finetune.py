@@ -174,12 +174,11 @@ def freeze(model, graph: Graph, layer: str, fresh: list[str]) -> list:
     return frozen
 
 
-def summary(record: dict, freeze: str | None) -> str:
+def summary(record: dict, freeze: str | None, frozen: list[str] | None) -> str:
     """The one line a run started from weights prints."""
     old, new = record["classes"]
     fresh = (f"; re-initialised {', '.join(record['reinitialised'])} ({old} -> {new} classes)"
              if record["reinitialised"] else "")
-    frozen = record.get("frozen_layers") or []
-    frozen = (f"; frozen {len(frozen)} layers up to {freeze} (eval mode)" if frozen else "")
+    frozen = f"; froze {len(frozen)} layers up to {freeze} (eval mode)" if frozen else ""
     return (f"weights: loaded {record['loaded_tensors']} tensors ({len(record['loaded_layers'])} "
             f"layers) from {record['weights']}{fresh}{frozen}")

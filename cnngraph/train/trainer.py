@@ -319,14 +319,14 @@ def _train(graph, spec_or_graph, data, out, resume, options, progress, device, d
         raise DataError(f"{run} was trained on {info['data']} ({info['train_samples']} + "
                         f"{info['val_samples']} samples), not on {dataset.source} "
                         f"({sizes[0]} + {sizes[1]}); resume with the same data")
-    ddp.barrier()  # every process has checked the run directory before rank 0 writes
-    if ddp.main:
-        _write_run_header(run, graph, config, info, resume, hold)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
             _deterministic(config.deterministic):
         torch.manual_seed(config.seed)
         model = build(graph)
-        frozen = _start(model, base, graph, config, info, state, run, ddp, progress)
+        frozen = _start(model, base, graph, config, info, state, resume, ddp.main and progress)
+        ddp.barrier()  # every process has checked the run directory before rank 0 writes
+        if ddp.main:
+            _write_run_header(run, graph, config, info, resume, hold)
         spec_arg = spec_or_graph if isinstance(spec_or_graph, (str, Path)) else run / rd.SPEC
         loop = _Loop(graph, model, dataset, info, config, run, device, ddp, progress, frozen)
         result = loop.run(state, _resume_command(spec_arg, run))
@@ -335,9 +335,10 @@ def _train(graph, spec_or_graph, data, out, resume, options, progress, device, d
 
 
 def _start(model, base: Graph, graph: Graph, config: TrainConfig, info: dict, state,
-           run: Path, ddp: Dist, progress: bool) -> list:
+           resume: bool, show: bool) -> list:
     """--weights into the fresh model (unless a checkpoint will replace them), then --freeze;
-    a new run records both in info.json and prints one line. Returns the frozen modules."""
+    a new run records both in `info` (info.json), and loading weights prints one line.
+    Returns the frozen modules. Nothing is written yet: bad weights leave no run behind."""
     record = None
     if config.weights is not None and not state:
         record = finetune.start(model, base, graph, config.weights)
@@ -345,14 +346,14 @@ def _start(model, base: Graph, graph: Graph, config: TrainConfig, info: dict, st
     if config.freeze is not None:
         fresh = finetune.head_layers(graph) if graph.num_classes != base.num_classes else []
         frozen = finetune.freeze(model, graph, config.freeze, fresh)
-    if record is None or "start" in info or not ddp.main:
-        return frozen
-    names = {n for n, m in model.named_modules() if any(m is f for f in frozen)}
-    record["frozen_layers"] = [n.name for n in graph if n.name in names]
-    info["start"] = record
-    rd.write_json(run / rd.INFO, info)
-    if progress:
-        print(finetune.summary(record, config.freeze), file=sys.stderr)
+    if not resume:
+        names = {n for n, m in model.named_modules() if any(m is f for f in frozen)}
+        if record is not None:
+            info["start"] = record
+        if config.freeze is not None:
+            info["frozen"] = [n.name for n in graph if n.name in names]
+    if record is not None and show:
+        print(finetune.summary(record, config.freeze, info.get("frozen")), file=sys.stderr)
     return frozen
 
 
