@@ -30,6 +30,11 @@ PARAMS = {
     "resnet50": 25_557_032,
     "resnet101": 44_549_160,
     "resnet152": 60_192_808,
+    "resnext50_32x4d": 25_028_904,
+    "resnext101_32x8d": 88_791_336,
+    "resnext101_64x4d": 83_455_272,
+    "wide_resnet50_2": 68_883_240,
+    "wide_resnet101_2": 126_886_696,
     "densenet121": 7_978_856,
     "densenet161": 28_681_000,
     "densenet169": 14_149_480,
@@ -74,7 +79,9 @@ TRAIN_PARAMS = {"googlenet": 13_004_888, "inception_v3": 27_161_264}
 
 # torchvision's published GFLOPS (multiply-accumulates) of the inference model.
 GMACS = {"alexnet_tv": 0.71, "resnet18": 1.81, "resnet50": 4.09, "vgg16": 15.47,
-         "googlenet": 1.50, "densenet121": 2.83, "inception_v3": 5.71}
+         "googlenet": 1.50, "densenet121": 2.83, "inception_v3": 5.71,
+         "resnext50_32x4d": 4.23, "resnext101_32x8d": 16.41, "resnext101_64x4d": 15.46,
+         "wide_resnet50_2": 11.40, "wide_resnet101_2": 22.75}
 # The mobile families' `_ops` (each variant at its own eval resolution), to within 1 %: they count
 # convolutions (squeeze-and-excitation's 1x1 ones included) and linear layers, not the
 # activations, the excitation's multiplication or the residual adds, as cnngraph does.
