@@ -3,6 +3,9 @@ silu, tanh) and softmax: stateless, lowered to a torch function call."""
 from __future__ import annotations
 
 import importlib
+import math
+
+import numpy as np
 
 from . import register
 from .base import Attr, Call, Op, ShapeError
@@ -62,6 +65,35 @@ class Tanh(_Pointwise):
     name = "tanh"
     fn = "torch.tanh"
     onnx_op = "Tanh"
+
+
+@register
+class GELU(_Pointwise):
+    """x * Phi(x), Phi the standard normal CDF (exact: 0.5 * x * (1 + erf(x / sqrt 2))), or
+    with approximate "tanh" 0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x^3)))."""
+
+    name = "gelu"
+    attrs = {"approximate": Attr("none", "none: the exact erf form; tanh: its tanh "
+                                 "approximation", "str", ("none", "tanh"))}
+    fn = "torch.nn.functional.gelu"
+
+    def onnx(self, ctx, node, inputs):
+        """opset 20+: Gelu; before, the formula in Erf (or Tanh), Mul and Add."""
+        approximate = node.attrs["approximate"]
+        if ctx.opset >= 20:
+            return ctx.op("Gelu", *inputs, approximate=approximate)
+        x = inputs[0]
+
+        def c(value):
+            return ctx.const(np.array(value, np.float32), "c")
+
+        if approximate == "tanh":
+            cube = ctx.op("Mul", ctx.op("Mul", x, x), x)
+            inner = ctx.op("Add", x, ctx.op("Mul", cube, c(0.044715)))
+            core = ctx.op("Tanh", ctx.op("Mul", inner, c(math.sqrt(2 / math.pi))))
+        else:
+            core = ctx.op("Erf", ctx.op("Mul", x, c(1 / math.sqrt(2))))
+        return ctx.op("Mul", ctx.op("Mul", x, c(0.5)), ctx.op("Add", core, c(1.0)))
 
 
 @register

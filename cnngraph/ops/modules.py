@@ -147,3 +147,33 @@ def mul(*xs: torch.Tensor) -> torch.Tensor:
 
 def concat(*xs: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat(xs, dim)
+
+
+# --- functions of the channel, normalisation and scaling ops ---------------------------------
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """ShuffleNet's shuffle: channels as a (groups, C/groups) matrix, transposed."""
+    n, c, h, w = x.shape
+    return x.reshape(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """Layer normalisation over the channels of each pixel of a (N, C, H, W) map (ConvNeXt's
+    LayerNorm2d, and its blocks' permute + LayerNorm + permute): an nn.LayerNorm(C) applied in
+    (N, H, W, C) order; `weight` and `bias` are (C,)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias,
+                         self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class LayerScale(nn.Module):
+    """y = x * weight, one learnt factor per channel (ConvNeXt's layer scale); `weight` is
+    (C, 1, 1) as torchvision stores it, and starts at `value`."""
+
+    def __init__(self, channels: int, value: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((channels, 1, 1), value))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight
