@@ -10,8 +10,8 @@ densenet121 gives logits near 1e7).
       layers: {"AuxLogits.fc": {weight: {trunc_normal: 0.001}}}   # by layer path, fnmatch
 
 A rule is a number (a constant), a scheme name (`kaiming_normal_fan_in`, `kaiming_normal_fan_out`,
-`pytorch`) or a one-key mapping (`{normal: STD}`, `{trunc_normal: STD}`, `{uniform: BOUND}`). `check` is the
-checker's half (no torch); `apply` the builder's.
+`pytorch`) or a one-key mapping (`{normal: STD}`, `{trunc_normal: STD}`, `{uniform: BOUND}`).
+`check` is the checker's half (no torch); `apply` the builder's.
 """
 from __future__ import annotations
 
@@ -107,7 +107,8 @@ def _check_rules(rules: Any, kind: str, where: str, parent: dict, key: Any, fail
             raise fail(f"{text}: the std must be a number in (0, {LIMIT:g}], got {_show(std)}",
                        rules, param)
         raise fail(f"{text}: unknown rule {_show(rule)}: give a number, one of "
-                   f"{', '.join(NAMED)}, or {{normal: STD}} / {{trunc_normal: STD}} / {{uniform: BOUND}}", rules, param)
+                   f"{', '.join(NAMED)}, or {{normal: STD}} / {{trunc_normal: STD}} / "
+                   "{uniform: BOUND}", rules, param)
 
 
 def rules_for(init: dict, node) -> dict:
