@@ -22,7 +22,14 @@ from cnngraph.errors import ExportError
 from cnngraph.runtime import cuda_status
 from exporters import DOMAIN, export_onnx, torch_onnx_export
 
-ZOO = zoo.names()
+# The families of issue 12 export here in their smallest variant; scripts/verify_zoo.sh exports and
+# verifies every variant (fp32 and fp16, batch 1 and 3) in one longer run (docs/zoo.md).
+LARGER_VARIANTS = {"squeezenet1_0", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0",
+                   "regnet_x_800mf", "regnet_x_1_6gf", "regnet_x_3_2gf", "regnet_x_8gf",
+                   "regnet_x_16gf", "regnet_y_800mf", "regnet_y_1_6gf", "regnet_y_3_2gf",
+                   "regnet_y_8gf", "regnet_y_16gf", "convnext_small", "convnext_base",
+                   "convnext_large"}
+ZOO = [name for name in zoo.names() if name not in LARGER_VARIANTS]
 TOLERANCE = 1e-4  # max |onnx - torch| / max |torch|, as `cnngraph verify`
 
 

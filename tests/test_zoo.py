@@ -34,6 +34,18 @@ PARAMS = {
     "densenet161": 28_681_000,
     "densenet169": 14_149_480,
     "densenet201": 20_013_928,
+    "squeezenet1_0": 1_248_424,
+    "squeezenet1_1": 1_235_496,
+    "shufflenet_v2_x0_5": 1_366_792,
+    "shufflenet_v2_x1_0": 2_278_604,
+    "shufflenet_v2_x1_5": 3_503_624,
+    "shufflenet_v2_x2_0": 7_393_996,
+    "regnet_x_400mf": 5_495_976,
+    "regnet_x_800mf": 7_259_656,
+    "regnet_x_1_6gf": 9_190_136,
+    "regnet_x_3_2gf": 15_296_552,
+    "regnet_x_8gf": 39_572_648,
+    "regnet_x_16gf": 54_278_536,
     # The glyph nets, counted by hand (conv: out*in*k*k [+ out bias]; BN: 2*C; linear: in*out+out;
     # deformable: its conv + an offset conv with 2*k*k (v1) or 3*k*k (v2, with mask) outputs
     # and bias; gated: two convs).
@@ -60,6 +72,16 @@ TRAIN_PARAMS = {"googlenet": 13_004_888, "inception_v3": 27_161_264}
 # torchvision's published GFLOPS (multiply-accumulates) of the inference model.
 GMACS = {"alexnet_tv": 0.71, "resnet18": 1.81, "resnet50": 4.09, "vgg16": 15.47,
          "googlenet": 1.50, "densenet121": 2.83, "inception_v3": 5.71}
+
+# The same, as the weight enums' meta["_ops"] state them (rounded to 3 decimals) for the families
+# of issue 12: our count, rounded the same way, must give the very same figure.
+PUBLISHED_GMACS = {
+    "squeezenet1_0": 0.819, "squeezenet1_1": 0.349,
+    "shufflenet_v2_x0_5": 0.04, "shufflenet_v2_x1_0": 0.145, "shufflenet_v2_x1_5": 0.296,
+    "shufflenet_v2_x2_0": 0.583,
+    "regnet_x_400mf": 0.414, "regnet_x_800mf": 0.8, "regnet_x_1_6gf": 1.603,
+    "regnet_x_3_2gf": 3.177, "regnet_x_8gf": 7.995, "regnet_x_16gf": 15.941,
+}
 
 # Output name -> (shape without batch, phase, loss weight) of the multi-output nets.
 HEADS = {
@@ -89,6 +111,11 @@ def test_params_match_published_counts(name):
 @pytest.mark.parametrize("name", sorted(GMACS))
 def test_macs_match_torchvision_gflops(name):
     assert inference_macs(cnngraph.load(name)) / 1e9 == pytest.approx(GMACS[name], rel=0.02)
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_GMACS))
+def test_macs_round_to_torchvision_published_ops(name):
+    assert round(inference_macs(cnngraph.load(name)) / 1e9, 3) == PUBLISHED_GMACS[name]
 
 
 @pytest.mark.parametrize("name", sorted(HEADS))
