@@ -17,7 +17,7 @@ for name in "${names[@]}"; do
     flag=""; [ "$precision" = fp16 ] && flag="--fp16"
     if $CNNGRAPH export "$name" -o "$out/$name.onnx" $flag >"$out/log" 2>&1 &&
        $CNNGRAPH verify "$out/$name.onnx" --against "$name" >>"$out/log" 2>&1; then
-      echo "$name $precision: $(grep -E '^PASS' "$out/log") ($(grep -E '^  batch' "$out/log" | awk '{print $2 ": rel " $7}' | tr '\n' ' '))"
+      echo "$name $precision: $(grep -E '^PASS' "$out/log") ($(grep -E '^  batch' "$out/log" | awk '{print "batch " $2 " rel " $8 ";"}' | tr '\n' ' '))"
     else
       echo "$name $precision: FAILED: $(tail -1 "$out/log")"; failed=1
     fi
