@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Export every named zoo model (default: squeezenet, shufflenet_v2, regnet and convnext of issue 12) to ONNX in fp32 and fp16 and
 # verify each against PyTorch with `cnngraph verify` (batch 1 and 3, seeded random weights).
-# One line per model and precision; exit 1 if any fails. Usage: scripts/verify_zoo.sh [NAME...]
+# One line per model and precision, smallest models first; exit 1 if any fails. Usage: scripts/verify_zoo.sh [NAME...]
 set -u
 cd "$(dirname "$0")/.."
 CNNGRAPH=${CNNGRAPH:-.venv/bin/cnngraph}
 names=("$@")
 if [ ${#names[@]} -eq 0 ]; then
-  mapfile -t names < <($CNNGRAPH zoo | awk '{print $1}' | grep -E '^(squeezenet|shufflenet_v2|regnet|convnext)')
+  mapfile -t names < <($CNNGRAPH zoo | grep -E '^(squeezenet|shufflenet_v2|regnet|convnext)' | tr -d , | sort -n -k2 | awk '{print $1}')
 fi
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
