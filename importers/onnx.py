@@ -24,9 +24,15 @@ from cnngraph.errors import CnnGraphError, InputError
 from cnngraph.files import read_onnx
 
 MAX_MODEL_BYTES = 2**31 - 1  # protobuf's own limit on one message: larger files need external data
+MAX_EXTERNAL_BYTES = 1 << 32  # weights stored beside the model: 4 GiB
 MAX_FOLD = 1 << 27  # elements of a tensor constant folding may read or make (512 MiB of float32)
 OLDEST_OPSET = 13  # older models are converted first (Upsample -> Resize, per-axis Softmax, ...)
 CNNGRAPH_DOMAIN = "cnngraph"
+#: ops whose later inputs say how (a shape, scales, a ratio), not what: only the first is data
+DATA_INPUTS = {"Reshape": 1, "Resize": 1, "Upsample": 1, "Dropout": 1, "Clip": 1, "Pad": 1,
+               "Expand": 1, "Tile": 1, "Split": 1, "Squeeze": 1, "Unsqueeze": 1}
+OFFSETS = ("; cnngraph's deform_conv2d computes its offsets (and mask) with its own convolution "
+           "of the same input, kernel, stride, padding and dilation")
 
 
 def from_onnx(path: str | Path) -> tuple[dict, dict]:
@@ -34,8 +40,8 @@ def from_onnx(path: str | Path) -> tuple[dict, dict]:
     (names from the node names), its weights those of `cnngraph.build(cnngraph.load(spec))`."""
     path = Path(path)
     if path.is_file() and path.stat().st_size > MAX_MODEL_BYTES:
-        raise InputError(f"{path}: larger than the 2 GiB one ONNX file can hold; a model this "
-                           "size keeps its weights as external data, which cnngraph does not read")
+        raise InputError(f"{path}: larger than the 2 GiB one ONNX file can hold (a model this "
+                         "size keeps its weights in a data file beside it); not an ONNX model")
     proto = read_onnx(path)
     _check_bounds(proto, path)
     model = _prepare(proto, path)
@@ -49,10 +55,9 @@ def _check_bounds(proto, path: Path) -> None:
     chain of functions each calling the next many times)."""
     from onnx import TensorProto
 
-    if any(t.data_location == TensorProto.EXTERNAL for t in proto.graph.initializer):
-        raise InputError(f"{path}: its weights are stored as external data, which cnngraph does "
-                           "not read; save the model with them inside (onnx.save_model(model, path,"
-                           " save_as_external_data=False))")
+    external = [t for t in proto.graph.initializer if t.data_location == TensorProto.EXTERNAL]
+    if external:
+        _load_external(proto, external, path)
     local = {(f.domain, f.name): f for f in proto.functions if f.domain != CNNGRAPH_DOMAIN}
     sizes: dict[tuple[str, str], int] = {}
 
@@ -76,6 +81,37 @@ def _check_bounds(proto, path: Path) -> None:
         return total
 
     size(proto.graph.node, ())
+
+
+def _load_external(proto, tensors, path: Path) -> None:
+    """Weights stored beside the model (torch.onnx.export(dynamo=True) writes MODEL.onnx.data):
+    read when each names a plain file in the model's folder and all hold at most
+    MAX_EXTERNAL_BYTES together (onnx's reader then checks each offset and length)."""
+    from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_model
+
+    total = 0
+    for tensor in tensors:
+        try:
+            info = ExternalDataInfo(tensor)
+        except ValueError:
+            info = None
+        location = getattr(info, "location", "")
+        if info is None or not location or Path(location).name != location or location in (".", ".."):
+            raise InputError(f"{path}: weight '{tensor.name}' is stored in {location!r}, not in a "
+                             "file beside the model; cnngraph reads external data only from the "
+                             "model's own folder")
+        if not (path.parent / location).is_file():
+            raise InputError(f"{path}: weight '{tensor.name}' is stored in {location}, which is "
+                             f"missing from {path.parent}; copy it beside the model")
+        total += info.length if info.length is not None else (path.parent / location).stat().st_size
+        if total > MAX_EXTERNAL_BYTES:
+            raise InputError(f"{path}: its external weights hold more than "
+                             f"{MAX_EXTERNAL_BYTES >> 30} GiB; cnngraph imports smaller models")
+    try:
+        load_external_data_for_model(proto, str(path.parent))
+    except Exception as exc:  # noqa: BLE001 - a truncated or damaged data file
+        raise InputError(f"{path}: cannot read its external weights ({' '.join(str(exc).split())[:200]});"
+                         " the data file is damaged or belongs to another model") from None
 
 
 def _prepare(proto, path: Path):
@@ -188,6 +224,7 @@ class _Importer:
         self.layers: list[dict] = []
         self.state: dict[str, np.ndarray] = {}
         self.value: dict[str, str] = {}  # ONNX value name -> spec layer or input name
+        self.shapes: dict[str, tuple] = {}  # ONNX value -> shape worked out where ONNX has none
         self.onnx_shape: dict[str, tuple] = {}  # spec layer -> the shape ONNX infers (no batch)
         self.source: dict[str, Any] = {}  # spec layer -> the ONNX node it came from
         self.done: set[int] = set()  # id() of nodes already taken by a pattern
@@ -203,6 +240,11 @@ class _Importer:
         if len(self.graph) > limits.MAX_LAYERS:
             raise InputError(f"{self.path}: {len(self.graph):,} nodes, more than the "
                                f"{limits.MAX_LAYERS:,} layers a spec holds")
+        live = self._live()
+        self.done.update(id(node) for node in self.graph if id(node) not in live)
+        for node in self.graph:  # parts of patterns that come before the node they feed
+            if node.op_type == "DeformConv" and _domain(node) in ("", CNNGRAPH_DOMAIN):
+                self._offset_conv(node)
         for node in self.graph:
             if id(node) in self.done:
                 continue
@@ -220,6 +262,20 @@ class _Importer:
         self._check(spec)
         state = {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in self.state.items()}
         return spec, state
+
+    def _live(self) -> set[int]:
+        """id() of the nodes the outputs' tensors flow through. Nodes that only compute a
+        Reshape's target shape or a Resize's scales (Shape, Gather, Concat of sizes, ...) are
+        left out: the handlers read those inputs from shape inference."""
+        live, stack = set(), [v.producer() for v in self.graph.outputs]
+        while stack:
+            node = stack.pop()
+            if node is None or id(node) in live:
+                continue
+            live.add(id(node))
+            inputs = list(node.inputs)[:DATA_INPUTS.get(node.op_type, len(node.inputs))]
+            stack.extend(v.producer() for v in inputs if v is not None)
+        return live
 
     def refuse(self, why: str, node=None):
         node = node or self.node
@@ -385,7 +441,10 @@ class _Importer:
     def in_shape(self, index: int = 0, node=None) -> tuple:
         """The static shape of the node's input (batch included, maybe symbolic), or an error."""
         node = node or self.node
-        dims = _dims(node.inputs[index]) if index < len(node.inputs) and node.inputs[index] else None
+        value = node.inputs[index] if index < len(node.inputs) else None
+        dims = _dims(value) if value is not None else None
+        if dims is None or any(not isinstance(d, int) for d in dims[1:]):
+            dims = self.shapes.get(value.name) if value is not None else None
         if dims is None or any(not isinstance(d, int) for d in dims[1:]):
             self.refuse("reads a tensor whose shape shape inference could not work out; give the "
                         "model fixed input sizes", node)
@@ -517,48 +576,21 @@ class _Importer:
         bias = self.const(3, "bias", optional=True)
         kernel, strides, dilations, pads = self._conv_geometry(node, weight, shape)
         group, offset_group = self.attr("group", 1), self.attr("offset_group", 1)
-        mask = node.inputs[4] if len(node.inputs) > 4 else None
-        taps = offset_group * kernel[0] * kernel[1]
-        explain = ("; cnngraph's deform_conv2d computes its offsets (and mask) with its own "
-                   "convolution of the same input, kernel, stride, padding and dilation")
-        offsets = node.inputs[2]
-        producer = offsets.producer() if offsets is not None else None
-        split = None
-        if mask is not None:
-            sigmoid = mask.producer()
-            split = producer
-            if (sigmoid is None or sigmoid.op_type != "Sigmoid" or split is None
-                    or split.op_type != "Split" or sigmoid.inputs[0] is not split.outputs[1]
-                    or offsets is not split.outputs[0]):
-                self.refuse("takes a mask that is not the Sigmoid of the second part of its "
-                            "offset convolution" + explain)
-            sizes = self.const(1, "split sizes", node=split, optional=True)
-            if sizes is None:
-                sizes = np.array(self.attr("split", (), node=split))
-            if list(sizes) != [2 * taps, taps] or (self.attr("axis", 0, node=split) % 4) != 1:
-                self.refuse("takes offsets and mask split other than [offsets, mask] on the "
-                            "channels" + explain)
-            producer = split.inputs[0].producer()
-            self.done.update({id(sigmoid), id(split)})
-        if (producer is None or producer.op_type != "Conv" or _domain(producer)
-                or producer.inputs[0] is not x):
-            self.refuse("takes offsets that are not a convolution of its own input" + explain)
+        producer, modulated = self._offset_conv(node)
         o_weight = self.const(1, "weight", node=producer)
         o_bias = self.const(2, "bias", node=producer, optional=True)
         geometry = self._conv_geometry(producer, o_weight, shape)
         if geometry != (kernel, strides, dilations, pads) or self.attr("group", 1, producer) != 1:
             self.refuse("takes offsets from a convolution of another kernel, stride, padding, "
-                        "dilation or groups" + explain)
+                        "dilation or groups" + OFFSETS)
         if pads[:2] != pads[2:]:
             self.refuse(f"has asymmetric pads {pads}; cnngraph's deform_conv2d pads both sides "
                         "alike")
-        for used in (producer, split):
-            if used is not None and any(
-                    [c for c in out.consumers() if c is not node and id(c) not in self.done]
-                    or out in self.graph.outputs for out in used.outputs[:1]):
-                self.refuse(f"shares its offset convolution '{producer.name}' with other nodes"
-                            + explain)
-        self.done.add(id(producer))
+        taps = offset_group * kernel[0] * kernel[1]
+        if o_weight.shape[0] != (3 if modulated else 2) * taps:
+            self.refuse(f"takes {o_weight.shape[0]} offset channels from its convolution, not "
+                        f"the {(3 if modulated else 2) * taps} its kernel and offset groups need"
+                        + OFFSETS)
         weights = {"weight": weight, "offset_conv.weight": o_weight,
                    "offset_conv.bias": (o_bias.reshape(-1) if o_bias is not None
                                         else np.zeros(o_weight.shape[0], np.float32))}
@@ -567,7 +599,40 @@ class _Importer:
         self.emit("deform_conv2d", [x], weights=weights, out=int(weight.shape[0]),
                   kernel=kernel, stride=strides, padding=pads[:2], dilation=dilations,
                   groups=group, offset_groups=offset_group, bias=bias is not None,
-                  modulated=mask is not None)
+                  modulated=modulated)
+
+    def _offset_conv(self, node):
+        """(the Conv computing a DeformConv's offsets, whether a mask comes with them), its
+        nodes marked as taken; or one error. Called before the nodes are read (they come first
+        in the graph) and again when the DeformConv is."""
+        x, offsets = node.inputs[0], node.inputs[2] if len(node.inputs) > 2 else None
+        mask = node.inputs[4] if len(node.inputs) > 4 else None
+        producer = offsets.producer() if offsets is not None else None
+        parts = []
+        if mask is not None:
+            sigmoid, split = mask.producer(), producer
+            if (sigmoid is None or sigmoid.op_type != "Sigmoid" or split is None
+                    or split.op_type != "Split" or len(split.outputs) != 2
+                    or sigmoid.inputs[0] is not split.outputs[1]
+                    or offsets is not split.outputs[0]
+                    or (self.attr("axis", 0, node=split) % 4) != 1):
+                self.refuse("takes a mask that is not the Sigmoid of the second part of its "
+                            "offset convolution's channels" + OFFSETS, node)
+            parts += [sigmoid, split]
+            producer = split.inputs[0].producer()
+        if (producer is None or producer.op_type != "Conv" or _domain(producer)
+                or producer.inputs[0] is not x):
+            self.refuse("takes offsets that are not a convolution of its own input" + OFFSETS,
+                        node)
+        parts.append(producer)
+        for part in parts:
+            for out in part.outputs:
+                if out in self.graph.outputs or any(
+                        c is not node and c not in parts for c in out.consumers()):
+                    self.refuse(f"shares its offset convolution's output '{out.name}' with "
+                                "other nodes" + OFFSETS, node)
+        self.done.update(id(p) for p in parts)
+        return producer, mask is not None
 
     # --- normalisation -------------------------------------------------------------------------
     @handles("BatchNormalization")
@@ -762,8 +827,9 @@ class _Importer:
         target = self._reshape_target(node, shape)
         if target == list(shape[1:]):
             return self.alias(node.inputs[0])
-        for start in range(1, len(shape)):
-            if target == list(shape[1:start]) + [math.prod(shape[start:])] and start < len(shape) - 1:
+        self.shapes[node.outputs[0].name] = (shape[0], *target)
+        for start in range(1, len(shape) - 1):
+            if target == list(shape[1:start]) + [math.prod(shape[start:])]:
                 return self.emit("flatten", [node.inputs[0]], start_dim=start)
         self.refuse(f"reshapes {_fmt(tuple(shape[1:]))} to {_fmt(tuple(target))} per sample; "
                     "cnngraph maps a reshape that merges trailing dimensions (a flatten)")
@@ -785,10 +851,14 @@ class _Importer:
                     out[out.index(-1)] = math.prod(shape[1:]) // rest
             if out[0] is shape[0] or out[0] == shape[0] and -1 not in out:
                 return out[1:]
-        dims = _dims(node.outputs[0])
-        if dims is not None and all(isinstance(d, int) for d in dims[1:]) and (
-                not isinstance(dims[0], int) or dims[0] == shape[0]):
-            return list(dims[1:])
+        dims = _dims(node.outputs[0])  # shape inference's, the batch symbol kept
+        if dims is not None and len(dims) > 1 and dims[0] == shape[0]:
+            known = [d for d in dims[1:] if isinstance(d, int)]
+            if len(known) == len(dims) - 1:
+                return list(dims[1:])
+            if len(known) == len(dims) - 2 and math.prod(shape[1:]) % max(math.prod(known), 1) == 0:
+                rest = math.prod(shape[1:]) // max(math.prod(known), 1)  # the one unknown
+                return [d if isinstance(d, int) else rest for d in dims[1:]]
         self.refuse("reshapes to a shape that keeps no batch dimension first, or that shape "
                     "inference could not work out")
 
