@@ -228,6 +228,7 @@ class _Importer:
         self.onnx_shape: dict[str, tuple] = {}  # spec layer -> the shape ONNX infers (no batch)
         self.source: dict[str, Any] = {}  # spec layer -> the ONNX node it came from
         self.done: set[int] = set()  # id() of nodes already taken by a pattern
+        self.padded: dict[int, tuple] = {}  # id(Conv) -> (its Pad's input, [t, l, b, r])
         self.node = None
 
     # --- driving -------------------------------------------------------------------------------
@@ -243,8 +244,12 @@ class _Importer:
         live = self._live()
         self.done.update(id(node) for node in self.graph if id(node) not in live)
         for node in self.graph:  # parts of patterns that come before the node they feed
+            if id(node) in self.done:
+                continue
             if node.op_type == "DeformConv" and _domain(node) in ("", CNNGRAPH_DOMAIN):
                 self._offset_conv(node)
+            elif node.op_type == "Pad" and not _domain(node):
+                self._pad_into_conv(node)
         for node in self.graph:
             if id(node) in self.done:
                 continue
@@ -500,13 +505,31 @@ class _Importer:
         pads = self._pads(node, kernel, strides, dilations, shape)
         return kernel, strides, dilations, pads
 
+    def _pad_into_conv(self, pad) -> None:
+        """A zero Pad of H and W whose only reader is a Conv becomes part of that Conv's
+        padding (what exporters write for asymmetric or "same" padding)."""
+        conv = self.only_consumer(pad.outputs[0])
+        if (conv is None or conv.op_type != "Conv" or _domain(conv) or conv.inputs[0] is not pad.outputs[0]
+                or _text(self.attr("mode", "constant", pad)) != "constant"
+                or any(v is not None and v.const_value is None for v in pad.inputs[1:])):
+            return
+        pads = self.const(1, "pads", node=pad).reshape(-1).tolist()
+        value = self.const(2, "value", node=pad, optional=True)
+        axes = self.const(3, "axes", node=pad, optional=True)
+        if (value is not None and value.size and float(value.reshape(-1)[0]) != 0.0) or axes is not None \
+                or len(pads) != 8 or any(pads[i] for i in (0, 1, 4, 5)) or min(pads) < 0:
+            return
+        self.padded[id(conv)] = (pad.inputs[0], [pads[2], pads[3], pads[6], pads[7]])
+        self.done.add(id(pad))
+
     @handles("Conv")
     def conv(self, node):
-        x = node.inputs[0]
+        x, before = self.padded.get(id(node), (node.inputs[0], [0, 0, 0, 0]))
         shape = self.in_shape()
         weight = self.const(1, "weight")
         bias = self.const(2, "bias", optional=True)
         kernel, strides, dilations, pads = self._conv_geometry(node, weight, shape)
+        pads = [a + b for a, b in zip(pads, before)]
         group = self.attr("group", 1)
         weights = {"weight": weight}
         if bias is not None:
@@ -888,10 +911,34 @@ class _Importer:
         self.emit("concat", inputs, axis=axis)
 
     # --- elementwise ---------------------------------------------------------------------------
+    def _bias_add(self, node, x, constant) -> bool:
+        """Add(conv or linear output, constant per channel) read by nothing else: the constant
+        joins the layer's bias (what converters write for a bias kept apart)."""
+        layer_name = self.value.get(x.name)
+        layer = next((l for l in reversed(self.layers) if l["name"] == layer_name), None)
+        if (layer is None or layer["op"] not in ("conv2d", "linear") or self.only_consumer(x) is not node):
+            return False
+        out = layer["out"]
+        array = constant.const_value.numpy().astype(np.float32)
+        rank = len(self.in_shape(list(node.inputs).index(x)))
+        per_channel = (1, out) + (1,) * (rank - 2)  # what broadcasts along the channels only
+        if array.ndim > rank or (1,) * (rank - array.ndim) + array.shape != per_channel:
+            return False
+        key = f"{layer_name}.bias"
+        self.state[key] = self.state.get(key, np.zeros(out, np.float32)) + array.reshape(-1)
+        layer["bias"] = True
+        self.value[node.outputs[0].name] = layer_name
+        self.onnx_shape[layer_name] = _static(node.outputs[0])
+        return True
+
     @handles("Add", "Mul", "Sum")
     def elementwise(self, node):
         inputs = list(node.inputs)
         consts = [v for v in inputs if v.const_value is not None]
+        if node.op_type == "Add" and len(inputs) == 2 and len(consts) == 1:
+            computed = next(v for v in inputs if v is not consts[0])
+            if self._bias_add(node, computed, consts[0]):
+                return
         if consts:
             self.refuse(f"{'adds' if node.op_type != 'Mul' else 'multiplies by'} the constant "
                         f"'{consts[0].name}'; cnngraph maps {node.op_type} of computed tensors "
@@ -915,7 +962,10 @@ class _Importer:
             sizes = self.const(3, "sizes", optional=True)
             if sizes is None:
                 self.refuse("has neither scales nor sizes")
-            scales = sizes.astype(np.float64) / np.array(shape[-len(sizes):], np.float64)
+            axes = self.attr("axes") or range(4 - sizes.size, 4)
+            if sizes.size != len(axes) or any(not isinstance(shape[a % 4], int) for a in axes):
+                self.refuse("resizes the batch to a fixed size")
+            scales = sizes.reshape(-1).astype(np.float64) / np.array([shape[a % 4] for a in axes])
         axes = self.attr("axes")
         full = [1.0] * 4
         for axis, scale in zip(axes or range(4 - len(scales), 4), scales.reshape(-1)):
