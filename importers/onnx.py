@@ -383,16 +383,18 @@ class _Importer:
     # --- helpers for the handlers --------------------------------------------------------------
     def emit(self, op: str, inputs: list, output=None, node=None, weights=None, **attrs) -> str:
         """Add a layer made from `node` (default: the node being read) whose output is the ONNX
-        value `output` (default: the node's first); returns its name."""
+        value `output` (default: the node's first; "" for none); returns its name. `inputs` are
+        ONNX values or names of layers made here."""
         node = node or self.node
-        output = output or node.outputs[0]
+        output = node.outputs[0] if output is None else output
         name = self.names.take(_node_name(node))
         layer = {"name": name, "op": op, "inputs": [self.ref(v) for v in inputs], **attrs}
         self.layers.append(layer)
         for key, array in (weights or {}).items():
             self.state[f"{name}.{key}"] = array
-        self.value[output.name] = name
-        self.onnx_shape[name] = _static(output)
+        if output != "":  # "": a layer inside a pattern, with no ONNX value of its own
+            self.value[output.name] = name
+        self.onnx_shape[name] = _static(output) if output != "" else None
         self.source[name] = node
         return name
 
@@ -401,6 +403,8 @@ class _Importer:
         self.value[(output or self.node.outputs[0]).name] = self.ref(value)
 
     def ref(self, value) -> str:
+        if isinstance(value, str):  # a layer made here
+            return value
         if value is None:
             self.refuse("lacks an input it needs")
         if value.name not in self.value:
@@ -753,6 +757,23 @@ class _Importer:
         if len(self.in_shape()) != 4:
             self.refuse("is not a 2-D pool")
         self.emit("global_avg_pool2d", [node.inputs[0]])
+
+    @handles("ReduceMean")
+    def reduce_mean(self, node):
+        """The mean over H and W (how dynamo writes adaptive_avg_pool2d(x, 1) and x.mean((2, 3))):
+        global_avg_pool2d, then flatten when the dimensions are not kept."""
+        if len(self.in_shape()) != 4:
+            self.refuse("does not average a (N, C, H, W) map")
+        axes = self.attr("axes")
+        if axes is None and len(node.inputs) > 1 and node.inputs[1] is not None:
+            axes = self.const(1, "axes").reshape(-1).tolist()
+        if sorted(a % 4 for a in axes or ()) != [2, 3]:
+            self.refuse(f"averages over axes {axes}; cnngraph maps the mean over H and W "
+                        "(global average pooling)")
+        if self.attr("keepdims", 1):
+            return self.emit("global_avg_pool2d", [node.inputs[0]])
+        pooled = self.emit("global_avg_pool2d", [node.inputs[0]], output="")
+        self.emit("flatten", [pooled])
 
     # --- dense layers --------------------------------------------------------------------------
     @handles("Gemm")
