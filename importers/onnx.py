@@ -28,6 +28,9 @@ MAX_EXTERNAL_BYTES = 1 << 32  # weights stored beside the model: 4 GiB
 MAX_FOLD = 1 << 27  # elements of a tensor constant folding may read or make (512 MiB of float32)
 OLDEST_OPSET = 13  # older models are converted first (Upsample -> Resize, per-axis Softmax, ...)
 CNNGRAPH_DOMAIN = "cnngraph"
+#: op type -> the method that looks for a pattern starting there (before the nodes are read)
+PATTERNS = {"Pad": "_pad_into_conv", "Erf": "_gelu", "Sigmoid": "_silu",
+            "LayerNormalization": "_layer_norm_nchw", "Transpose": "_channel_shuffle"}
 #: ops whose later inputs say how (a shape, scales, a ratio), not what: only the first is data
 DATA_INPUTS = {"Reshape": 1, "Resize": 1, "Upsample": 1, "Dropout": 1, "Clip": 1, "Pad": 1,
                "Expand": 1, "Tile": 1, "Split": 1, "Squeeze": 1, "Unsqueeze": 1}
@@ -229,6 +232,7 @@ class _Importer:
         self.source: dict[str, Any] = {}  # spec layer -> the ONNX node it came from
         self.done: set[int] = set()  # id() of nodes already taken by a pattern
         self.padded: dict[int, tuple] = {}  # id(Conv) -> (its Pad's input, [t, l, b, r])
+        self.patterns: dict[int, Callable] = {}  # id(last node of a pattern) -> emits its layer
         self.node = None
 
     # --- driving -------------------------------------------------------------------------------
@@ -248,12 +252,15 @@ class _Importer:
                 continue
             if node.op_type == "DeformConv" and _domain(node) in ("", CNNGRAPH_DOMAIN):
                 self._offset_conv(node)
-            elif node.op_type == "Pad" and not _domain(node):
-                self._pad_into_conv(node)
+            elif not _domain(node) and node.op_type in PATTERNS:
+                getattr(self, PATTERNS[node.op_type])(node)
         for node in self.graph:
             if id(node) in self.done:
                 continue
             self.node = node
+            if id(node) in self.patterns:  # the last node of a pattern: its layer
+                self.patterns.pop(id(node))()
+                continue
             method = HANDLERS.get((_domain(node), node.op_type))
             if method is None:
                 self.refuse(f"has no cnngraph equivalent; supported: {supported()}")
@@ -704,12 +711,24 @@ class _Importer:
 
     @handles("Clip")
     def clip(self, node):
-        low = self.const(1, "min", optional=True)
-        high = self.const(2, "max", optional=True)
-        low = None if low is None else float(low.reshape(-1)[0]) if low.size == 1 else "?"
-        high = None if high is None else float(high.reshape(-1)[0]) if high.size == 1 else "?"
+        bounds = []
+        for index, what in ((1, "min"), (2, "max")):
+            array = self.const(index, what, optional=True)
+            if array is None:
+                bounds.append(self.attr(what))  # opset < 11 keeps them as attributes
+            elif array.size != 1:
+                self.refuse(f"clips to a {what} of {array.size} values; cnngraph's bounds are numbers")
+            else:
+                bounds.append(float(array.reshape(-1)[0]))
+        low, high = bounds
         if low == 0 and (high is None or high == math.inf):
             return self.emit("relu", [node.inputs[0]])
+        if low == 0 and high == 6 and "relu6" in REGISTRY_NAMES():
+            return self.emit("relu6", [node.inputs[0]])
+        if "clip" in REGISTRY_NAMES():
+            low = -limits.MAX_FLOAT if low is None else max(low, -limits.MAX_FLOAT)
+            high = limits.MAX_FLOAT if high is None else min(high, limits.MAX_FLOAT)
+            return self.emit("clip", [node.inputs[0]], min=low, max=high)
         self.refuse(f"clips to [{low}, {high}]; cnngraph maps Clip(0, inf) (relu)")
 
     @handles("Softmax")
@@ -960,16 +979,26 @@ class _Importer:
             computed = next(v for v in inputs if v is not consts[0])
             if self._bias_add(node, computed, consts[0]):
                 return
+        if node.op_type == "Mul" and len(inputs) == 2 and len(consts) == 1 and \
+                "layer_scale" in REGISTRY_NAMES():
+            computed = next(v for v in inputs if v is not consts[0])
+            shape = self.in_shape(inputs.index(computed))
+            array = self.const(inputs.index(consts[0]), "factor")
+            if len(shape) == 4 and array.ndim <= 4 and \
+                    (1,) * (4 - array.ndim) + array.shape == (1, shape[1], 1, 1):
+                return self.emit("layer_scale", [computed],
+                                 weights={"weight": array.reshape(shape[1], 1, 1)})
         if consts:
             self.refuse(f"{'adds' if node.op_type != 'Mul' else 'multiplies by'} the constant "
-                        f"'{consts[0].name}'; cnngraph maps {node.op_type} of computed tensors "
-                        "of equal shapes")
+                        f"'{consts[0].name}'; cnngraph maps {node.op_type} of computed tensors"
+                        + (", a per-channel bias after a conv or linear layer, and a per-channel "
+                           "factor (layer_scale)" if node.op_type != "Sum" else ""))
         if len(inputs) == 1:
             return self.alias(inputs[0])
-        shapes = {tuple(self.in_shape(i)[1:]) for i in range(len(inputs))}
-        if len(shapes) != 1:
-            self.refuse(f"broadcasts shapes {' and '.join(_fmt(s) for s in shapes)}; cnngraph "
-                        "maps it for tensors of equal shapes")
+        ranks = {len(self.in_shape(i)) for i in range(len(inputs))}
+        if len(ranks) != 1:
+            self.refuse("broadcasts tensors of different ranks; cnngraph's add and mul broadcast "
+                        "tensors of one rank (each with the batch first)")
         self.emit("mul" if node.op_type == "Mul" else "add", inputs)
 
     # --- resizing ------------------------------------------------------------------------------
@@ -1014,7 +1043,181 @@ class _Importer:
                     "and linear (half_pixel or align_corners)")
 
 
-# --- small facts -------------------------------------------------------------------------------
+    # --- patterns: several nodes, one layer -----------------------------------------------------
+    def _claim(self, last, emit: Callable, *inner) -> None:
+        """`inner` nodes become part of the layer `emit` makes when `last` is read; each
+        inner node's outputs must be read only inside the pattern."""
+        members = {id(n) for n in (last, *inner)}
+        for node in inner:
+            for out in node.outputs:
+                if out in self.graph.outputs or any(id(c) not in members for c in out.consumers()):
+                    return
+        self.done.update(id(n) for n in inner)
+        self.patterns[id(last)] = emit
+
+    def _scalar(self, value, expected: float) -> bool:
+        tensor = value.const_value if value is not None else None
+        return tensor is not None and tensor.numpy().size == 1 and \
+            abs(float(tensor.numpy().reshape(-1)[0]) - expected) <= 1e-6 * max(1.0, abs(expected))
+
+    def _gelu(self, erf) -> None:
+        """x * 0.5 * (1 + erf(x / sqrt 2)) in the orders exporters write it: Div(x, sqrt 2) or
+        Mul(x, 1/sqrt 2) -> Erf -> Add 1 -> Mul by x then by 0.5, or by Mul(x, 0.5)."""
+        scaled = erf.inputs[0].producer()
+        if scaled is None or not (
+                (scaled.op_type == "Div" and self._scalar(scaled.inputs[1], math.sqrt(2)))
+                or (scaled.op_type == "Mul" and any(self._scalar(v, 1 / math.sqrt(2))
+                                                    for v in scaled.inputs))):
+            return
+        x = next(v for v in scaled.inputs if v.const_value is None)
+        add = self.only_consumer(erf.outputs[0])
+        if add is None or add.op_type != "Add" or not any(self._scalar(v, 1.0) for v in add.inputs):
+            return
+        mul = self.only_consumer(add.outputs[0])
+        if mul is None or mul.op_type != "Mul":
+            return
+        other = next((v for v in mul.inputs if v is not add.outputs[0]), None)
+        half = other.producer() if other is not None else None
+        if other is x:  # x * (1 + erf) then * 0.5
+            last = self.only_consumer(mul.outputs[0])
+            if last is None or last.op_type != "Mul" or not any(self._scalar(v, 0.5) for v in last.inputs):
+                return
+            parts = (scaled, erf, add, mul)
+        elif (half is not None and half.op_type == "Mul" and x in half.inputs
+              and any(self._scalar(v, 0.5) for v in half.inputs)):
+            last, parts = mul, (scaled, erf, add, half)
+        else:
+            return
+        self._claim(last, lambda: self.emit("gelu", [x], node=last, approximate="none"), *parts)
+
+    def _silu(self, sigmoid) -> None:
+        """x * sigmoid(x) (SiLU, swish): Mul of a tensor and its own Sigmoid."""
+        if "silu" not in REGISTRY_NAMES():
+            return
+        x = sigmoid.inputs[0]
+        mul = self.only_consumer(sigmoid.outputs[0])
+        if mul is not None and mul.op_type == "Mul" and x in mul.inputs and len(mul.inputs) == 2:
+            self._claim(mul, lambda: self.emit("silu", [x], node=mul), sigmoid)
+
+    def _layer_norm_nchw(self, norm) -> None:
+        """Transpose to (N, H, W, C) -> LayerNormalization over C -> Transpose back: layer_norm
+        on the map (cnngraph's own lowering, and ConvNeXt's permute + LayerNorm + permute)."""
+        before = norm.inputs[0].producer()
+        after = self.only_consumer(norm.outputs[0])
+        if (before is None or before.op_type != "Transpose" or after is None
+                or after.op_type != "Transpose" or self.attr("perm", None, before) != (0, 2, 3, 1)
+                or self.attr("perm", None, after) != (0, 3, 1, 2)
+                or self.attr("axis", -1, norm) not in (-1, 3)):
+            return
+        self._claim(after, lambda: self._emit_layer_norm(norm, before.inputs[0], after), before,
+                    norm)
+
+    def _emit_layer_norm(self, node, x, last) -> None:
+        channels = self.in_shape(0, node)[-1]
+        scale = self.const(1, "scale", node).reshape(-1)
+        bias = self.const(2, "bias", node, optional=True)
+        bias = np.zeros(channels, np.float32) if bias is None else bias.reshape(-1)
+        if scale.size != channels or bias.size != channels:
+            self.refuse(f"scales by {scale.size} values over {channels} channels", node)
+        self.emit("layer_norm", [x], output=last.outputs[0], node=node,
+                  weights={"weight": scale, "bias": bias},
+                  eps=float(self.attr("epsilon", 1e-5, node)))
+
+    @handles("LayerNormalization")
+    def layer_norm(self, node):
+        """Over the last axis of an (N, F) input (a map: see _layer_norm_nchw)."""
+        self.single_output()
+        if len(self.in_shape()) != 2 or self.attr("axis", -1) not in (-1, 1):
+            self.refuse("normalises a map over other axes than its channels; cnngraph's "
+                        "layer_norm normalises (N, F) features, or a map's channels written "
+                        "as Transpose -> LayerNormalization -> Transpose")
+        self._emit_layer_norm(node, node.inputs[0], node)
+
+    def _channel_shuffle(self, transpose) -> None:
+        """Reshape (N, C, H, W) -> (N, g, C/g, H, W), swap the two channel axes, Reshape back:
+        channel_shuffle with g groups."""
+        if self.attr("perm", None, transpose) != (0, 2, 1, 3, 4):
+            return
+        first = transpose.inputs[0].producer()
+        last = self.only_consumer(transpose.outputs[0])
+        if first is None or first.op_type != "Reshape" or last is None or last.op_type != "Reshape":
+            return
+        dims_in, dims_mid = _dims(first.inputs[0]), _dims(first.outputs[0])
+        if (dims_in is None or dims_mid is None or len(dims_in) != 4 or len(dims_mid) != 5
+                or dims_mid[3:] != dims_in[2:] or _dims(last.outputs[0]) != dims_in
+                or not isinstance(dims_mid[1], int)):
+            return
+        groups = dims_mid[1]
+        self._claim(last, lambda: self.emit("channel_shuffle", [first.inputs[0]], node=last,
+                                            groups=groups), first, transpose)
+
+    # --- ops the IR gained: activations, channels, elementwise ---------------------------------
+    @handles("HardSwish")
+    def hardswish(self, node):
+        self.emit("hardswish", [node.inputs[0]])
+
+    @handles("HardSigmoid")
+    def hardsigmoid(self, node):
+        alpha, beta = float(self.attr("alpha", 0.2)), float(self.attr("beta", 0.5))
+        if abs(alpha - 1 / 6) > 1e-6 or abs(beta - 0.5) > 1e-6:
+            self.refuse(f"has alpha {alpha:g}, beta {beta:g}; cnngraph's hardsigmoid is "
+                        "relu6(x + 3) / 6 (alpha 1/6, beta 1/2)")
+        self.emit("hardsigmoid", [node.inputs[0]])
+
+    @handles("Gelu")
+    def gelu(self, node):
+        self.emit("gelu", [node.inputs[0]], approximate=_text(self.attr("approximate", "none")))
+
+    @handles("Max")
+    def maximum(self, node):
+        if any(v.const_value is not None for v in node.inputs):
+            self.refuse("takes the maximum with a constant; cnngraph's max compares computed "
+                        "tensors (a bound: Clip)")
+        if len(node.inputs) == 1:
+            return self.alias(node.inputs[0])
+        self.emit("max", list(node.inputs))
+
+    @handles("Split")
+    def split(self, node):
+        """Equal parts of the channels: one channel_split layer per output."""
+        shape = self.in_shape()
+        axis = self.attr("axis", 0)
+        parts = len(node.outputs)
+        sizes = self.const(1, "split sizes", optional=True)
+        sizes = list(self.attr("split", ())) if sizes is None else sizes.reshape(-1).tolist()
+        if axis % len(shape) != 1 or shape[1] % parts or (sizes and len(set(sizes)) != 1):
+            self.refuse(f"splits axis {axis} into {sizes or parts} parts; cnngraph's "
+                        "channel_split cuts the channels into equal parts")
+        for index, out in enumerate(node.outputs):
+            if list(out.consumers()) or out in self.graph.outputs:
+                self.emit("channel_split", [node.inputs[0]], output=out, parts=parts, index=index)
+
+    @handles("Slice")
+    def slice(self, node):
+        """A slice of the channels that is one of their equal parts: channel_split."""
+        shape = self.in_shape()
+        starts, ends = (self.const(i, what).reshape(-1).tolist() for i, what in ((1, "starts"), (2, "ends")))
+        axes = self.const(3, "axes", optional=True)
+        steps = self.const(4, "steps", optional=True)
+        axes = list(range(len(starts))) if axes is None else axes.reshape(-1).tolist()
+        c = shape[1]
+        start, end = (max(0, min(v + c if v < 0 else v, c)) for v in (starts[0], ends[0]))
+        size = end - start
+        if (len(axes) != 1 or axes[0] % len(shape) != 1 or (steps is not None and steps.reshape(-1).tolist() != [1])
+                or size < 1 or c % size or start % size):
+            self.refuse("is not a slice of the channels into equal parts; cnngraph maps those "
+                        "(channel_split)")
+        if size == c:
+            return self.alias(node.inputs[0])
+        self.emit("channel_split", [node.inputs[0]], parts=c // size, index=start // size)
+
+    # --- small facts -------------------------------------------------------------------------------
+def REGISTRY_NAMES() -> set:  # noqa: N802 - the ops this cnngraph has (helpers add some)
+    from cnngraph.ops import REGISTRY
+
+    return set(REGISTRY)
+
+
 def _domain(node) -> str:
     return "" if node.domain in ("", "ai.onnx") else node.domain
 
