@@ -26,6 +26,8 @@ from cnngraph.files import read_onnx
 MAX_MODEL_BYTES = 2**31 - 1  # protobuf's own limit on one message: larger files need external data
 MAX_EXTERNAL_BYTES = 1 << 32  # weights stored beside the model: 4 GiB
 MAX_FOLD = 1 << 27  # elements of a tensor constant folding may read or make (512 MiB of float32)
+ANALYSIS_BATCH = 97  # the batch size a dynamic batch stands at while the model is read (a prime
+#                     no layer size is likely to equal, so a batch-derived number stays telling)
 OLDEST_OPSET = 13  # older models are converted first (Upsample -> Resize, per-axis Softmax, ...)
 CNNGRAPH_DOMAIN = "cnngraph"
 #: op type -> the method that looks for a pattern starting there (before the nodes are read)
@@ -117,6 +119,20 @@ def _load_external(proto, tensors, path: Path) -> None:
                          " the data file is damaged or belongs to another model") from None
 
 
+def _fix_batch(proto) -> None:
+    """A symbolic batch becomes ANALYSIS_BATCH while the model is read, so that the shape
+    arithmetic exporters write for a dynamic batch (Shape -> Gather -> Concat -> Reshape, as in
+    x.view(x.size(0), -1)) folds to constants; only inputs whose other dimensions are fixed
+    (the others are refused later, by their own names). The spec's batch stays symbolic."""
+    initializers = {t.name for t in proto.graph.initializer}
+    for value in proto.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if value.name in initializers or len(dims) < 2 or dims[0].HasField("dim_value"):
+            continue
+        if all(d.HasField("dim_value") for d in dims[1:]):
+            dims[0].dim_value = ANALYSIS_BATCH
+
+
 def _prepare(proto, path: Path):
     """The model in onnx-ir form, converted to opset >= 13, its non-cnngraph functions inlined,
     shapes inferred and constants folded (every constant an initializer)."""
@@ -146,6 +162,7 @@ def _prepare(proto, path: Path):
     if opset < OLDEST_OPSET:
         proto = step(f"converting opset {opset} to {OLDEST_OPSET}",
                      lambda: onnx.version_converter.convert_version(proto, OLDEST_OPSET))
+    _fix_batch(proto)
     keep = [(f.domain, f.name) for f in proto.functions if f.domain == CNNGRAPH_DOMAIN]
     proto = step("inlining its functions", lambda: onnx.inliner.inline_selected_functions(
         proto, keep, exclude=True))
