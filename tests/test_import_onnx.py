@@ -358,6 +358,32 @@ def test_command_writes_a_spec_that_trains_exports_and_verifies(tmp_path, capsys
     assert cli(["verify", str(source), "--against", str(spec_path), "--weights", str(weights)]) == 0
 
 
+def test_imported_torch_model_fine_tunes_with_train_weights(tmp_path, bright_thirds, capsys):
+    """A PyTorch classifier exported by torch.onnx.export, imported, then `cnngraph train
+    --weights` from the imported weights on the bright-thirds data: trains as any spec, and its
+    first step starts from the imported network (the same outputs before training)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 4 * 4, 3)).eval()
+    source = tmp_path / "small.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.randn(1, 1, 8, 8),), source, dynamo=False,
+                          input_names=["pixels"], dynamic_axes={"pixels": {0: "batch"}})
+    spec_path = tmp_path / "small.yaml"
+    assert cli(["import", str(source), "-o", str(spec_path)]) == 0
+    imported = cnngraph.build(cnngraph.load(spec_path)).eval()
+    imported.load_state_dict(load_file(tmp_path / "small.safetensors"))
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        assert rel_error(net(x).numpy(), imported(x).numpy()) < TOLERANCE
+    run = tmp_path / "run"
+    assert cli(["train", str(spec_path), "--data", str(bright_thirds), "--weights",
+                str(tmp_path / "small.safetensors"), "--epochs", "1", "--out", str(run)]) == 0
+    assert (run / "best.safetensors").exists()
+    capsys.readouterr()
+
+
 def test_import_model_dispatches_on_the_suffix(tmp_path):
     with pytest.raises(InputError, match=r"cannot tell the format.*\.onnx, \.prototxt"):
         import_model(tmp_path / "model.pb")
