@@ -26,6 +26,7 @@ from cnngraph.files import read_onnx
 MAX_MODEL_BYTES = 2**31 - 1  # protobuf's own limit on one message: larger files need external data
 MAX_EXTERNAL_BYTES = 1 << 32  # weights stored beside the model: 4 GiB
 MAX_FOLD = 1 << 27  # elements of a tensor constant folding may read or make (512 MiB of float32)
+MAX_FOLD_TOTAL = 1 << 28  # elements of all the tensors it makes together (1 GiB of float32)
 ANALYSIS_BATCH = 97  # the batch size a dynamic batch stands at while the model is read (a prime
 #                     no layer size is likely to equal, so a batch-derived number stays telling)
 OLDEST_OPSET = 13  # older models are converted first (Upsample -> Resize, per-axis Softmax, ...)
@@ -170,9 +171,26 @@ def _prepare(proto, path: Path):
         proto, check_type=False, strict_mode=False, data_prop=True))
     model = step("reading", lambda: ir.serde.deserialize_model(proto))
 
+    left = [MAX_FOLD_TOTAL]
+
+    def within_budget(node):
+        """False once the folded tensors would pass MAX_FOLD_TOTAL elements together (a file
+        of many foldable nodes must not make memory run out); True for a DequantizeLinear of
+        constants (a weight stored as int8); None: onnxscript's own rules."""
+        if any(v is not None and v.const_value is None for v in node.inputs):
+            return None  # not foldable anyway
+        made = sum(math.prod(d if isinstance(d, int) else 1 for d in out.shape)
+                   for out in node.outputs if out.shape is not None)
+        read = sum(v.const_value.size for v in node.inputs if v is not None)
+        left[0] -= max(made, read)
+        if left[0] < 0:
+            return False
+        # onnxscript keeps DequantizeLinear; of constants it is a weight stored as int8
+        return True if node.op_type == "DequantizeLinear" and not _domain(node) else None
+
     def fold():
         fold_constants_ir(model, onnx_shape_inference=True, input_size_limit=MAX_FOLD,
-                          output_size_limit=MAX_FOLD)
+                          output_size_limit=MAX_FOLD, should_fold=within_budget)
         common.RemoveUnusedNodesPass()(model)
         common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
 
@@ -312,10 +330,11 @@ class _Importer:
                            f"{node.op_type}) {why}")
 
     def _spec_name(self) -> str:
-        name = (self.graph.name or "").strip()
-        if not name or not name.isprintable():
-            name = self.path.stem
-        return name[:limits.MAX_NAME] if name.isprintable() and name else "imported"
+        """The graph's name when cnngraph wrote the model (the spec's name), else the file's
+        (exporters name every graph alike: main_graph, torch_jit)."""
+        name = self.graph.name if self.proto.producer_name == "cnngraph" else self.path.stem
+        name = (name or "").strip()
+        return name[:limits.MAX_NAME] if name and name.isprintable() else "imported"
 
     def _inputs(self) -> dict:
         shapes = {}
@@ -329,7 +348,7 @@ class _Importer:
                                  "cnngraph networks take float tensors")
             if dims is None or len(dims) not in (2, 4) or any(
                     not isinstance(d, int) or d < 1 for d in dims[1:]):
-                shown = "unknown" if dims is None else "[" + ", ".join(map(str, dims)) + "]"
+                shown = "unknown" if dims is None else "[" + ", ".join(map(str, ("N", *dims[1:]))) + "]"
                 raise InputError(
                     f"{self.path}: input '{value.name}' has the shape {shown}; a spec needs "
                     "(N, C, H, W) or (N, F) with every dimension but the batch fixed: export the "

@@ -452,7 +452,7 @@ def test_weights_computed_at_run_time_are_refused(tmp_path):
 def test_dynamic_spatial_sizes_are_refused(tmp_path):
     path = _save_single(tmp_path, [helper.make_node("Relu", ["x"], ["y"], name="r")], [],
                         shape=("N", 3, "height", "width"))
-    with pytest.raises(InputError, match=r"input 'x' has the shape \[N, 3, height, width\]; a "
+    with pytest.raises(InputError, match=r"input .x. has the shape \[N, 3, height, width\]; a "
                                          "spec needs .* fixed.*make_dynamic_shape_fixed"):
         from_onnx(path)
 
@@ -496,3 +496,48 @@ def test_external_data_outside_the_models_folder_is_refused(tmp_path):
     onnx.save(model, path)
     with pytest.raises(InputError, match="only from the model's own folder"):
         from_onnx(path)
+
+
+def test_constant_folding_stops_at_its_total_budget(tmp_path, monkeypatch):
+    """Many foldable nodes each making a large tensor (Expand of a scalar): folding stops once
+    their total passes MAX_FOLD_TOTAL (here lowered to about three of them), the rest stays
+    unfolded and is refused, instead of the memory running out."""
+    import importers.onnx as onnx_importer
+
+    monkeypatch.setattr(onnx_importer, "MAX_FOLD_TOTAL", 3 * 256 * 256)
+    node = helper.make_node
+    count = 8
+    nodes = [node("Expand", ["one", "shape"], [f"big{i}"], name=f"e{i}") for i in range(count)]
+    nodes += [node("ReduceSum", [f"big{i}"], [f"s{i}"], name=f"r{i}", keepdims=0)
+              for i in range(count)]
+    nodes += [node("Sum", [f"s{i}" for i in range(count)], ["t"], name="sum"),
+              node("Add", ["x", "t"], ["y"], name="add")]
+    path = tmp_path / "many.onnx"
+    value = helper.make_tensor_value_info
+    _model(nodes, [value("x", TensorProto.FLOAT, ["N", 4])], [value("y", TensorProto.FLOAT, ["N", 4])],
+           [numpy_helper.from_array(np.array([256, 256], np.int64), "shape"),
+            numpy_helper.from_array(np.array(1.0, np.float32), "one")], path=path)
+    with pytest.raises(InputError, match=r"node 'e\d' \(Expand\) has no cnngraph equivalent"):
+        from_onnx(path)
+    monkeypatch.setattr(onnx_importer, "MAX_FOLD_TOTAL", 1 << 28)  # all folded: Add(x, constant)
+    with pytest.raises(InputError, match=r"node 'add' \(Add\) adds the constant"):
+        from_onnx(path)
+
+
+def test_int8_weights_behind_dequantize_linear_import(tmp_path):
+    """A QDQ-style weight (int8 initializer -> DequantizeLinear -> Conv) folds to a float weight:
+    onnxruntime on the file is the reference."""
+    rng = np.random.default_rng(3)
+    node = helper.make_node
+    q = rng.integers(-100, 100, (4, 3, 3, 3)).astype(np.int8)
+    nodes = [node("DequantizeLinear", ["wq", "scale", "zero"], ["w"], name="dq"),
+             node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])]
+    path = _save_single(tmp_path, nodes, [
+        numpy_helper.from_array(q, "wq"), numpy_helper.from_array(np.array(0.02, np.float32), "scale"),
+        numpy_helper.from_array(np.array(3, np.int8), "zero")], out_shape=["N", 4, 8, 8])
+    spec, state = from_onnx(path)
+    assert np.allclose(state["conv.weight"].numpy(), (q.astype(np.float32) - 3) * 0.02)
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    (reference,) = onnxruntime_outputs(path, {"x": x})
+    (got,) = torch_outputs(build_imported(spec, state), {"x": x})
+    assert rel_error(reference, got) < TOLERANCE
