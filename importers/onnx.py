@@ -33,7 +33,8 @@ OLDEST_OPSET = 13  # older models are converted first (Upsample -> Resize, per-a
 CNNGRAPH_DOMAIN = "cnngraph"
 #: op type -> the method that looks for a pattern starting there (before the nodes are read)
 PATTERNS = {"Pad": "_pad_into_conv", "Erf": "_gelu", "Sigmoid": "_silu",
-            "LayerNormalization": "_layer_norm_nchw", "Transpose": "_channel_shuffle"}
+            "LayerNormalization": "_layer_norm_nchw", "Transpose": "_channel_shuffle",
+            "Add": "_weighted_add"}
 #: ops whose later inputs say how (a shape, scales, a ratio), not what: only the first is data
 DATA_INPUTS = {"Reshape": 1, "Resize": 1, "Upsample": 1, "Dropout": 1, "Clip": 1, "Pad": 1,
                "Expand": 1, "Tile": 1, "Split": 1, "Squeeze": 1, "Unsqueeze": 1}
@@ -397,6 +398,8 @@ class _Importer:
             if "cnngraph.normalize" in props and "input" in self.value.values():
                 norm = json.loads(props["cnngraph.normalize"])
                 meta["normalize"] = {"mean": list(norm["mean"]), "std": list(norm["std"])}
+            if props.get("cnngraph.channel_order") in ("RGB", "BGR"):
+                meta["channel_order"] = props["cnngraph.channel_order"]
             if "cnngraph.classes" in props:
                 meta["classes"] = [str(c) for c in json.loads(props["cnngraph.classes"])]
         except (ValueError, TypeError, KeyError):
@@ -1125,6 +1128,28 @@ class _Importer:
         else:
             return
         self._claim(last, lambda: self.emit("gelu", [x], node=last, approximate="none"), *parts)
+
+    def _weighted_add(self, add) -> None:
+        """Add of terms some of which are Mul(x, scalar constant): weighted_add with those
+        coefficients (Caffe's Eltwise SUM with coeff, as cnngraph exports it)."""
+        if "weighted_add" not in REGISTRY_NAMES() or len(add.inputs) != 2:
+            return
+        terms, coeffs, muls = [], [], []
+        for value in add.inputs:
+            mul = value.producer() if value is not None else None
+            consts = [v for v in (mul.inputs if mul is not None else ()) if v.const_value is not None]
+            if (mul is not None and mul.op_type == "Mul" and not _domain(mul) and len(mul.inputs) == 2
+                    and len(consts) == 1 and consts[0].const_value.size == 1
+                    and mul.inputs[0] is not mul.inputs[1]):
+                terms.append(next(v for v in mul.inputs if v is not consts[0]))
+                coeffs.append(float(consts[0].const_value.numpy().reshape(-1)[0]))
+                muls.append(mul)
+            else:
+                terms.append(value)
+                coeffs.append(1.0)
+        if muls and all(v is not None and v.const_value is None for v in terms):
+            self._claim(add, lambda: self.emit("weighted_add", terms, node=add, coeffs=coeffs),
+                        *muls)
 
     def _silu(self, sigmoid) -> None:
         """x * sigmoid(x) (SiLU, swish): Mul of a tensor and its own Sigmoid."""

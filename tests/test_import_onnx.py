@@ -104,6 +104,35 @@ def test_zoo_export_reimports_and_matches_onnxruntime(name, input_shape):
         if "/" not in t.name)                                  # made constants LAYER/WHAT_N
 
 
+@pytest.mark.parametrize("name", ["mixed", "cifar10_full"])
+def test_caffe_import_exported_imports_back(name, tmp_path):
+    """A Caffe net (importers/caffe.py) exported by cnngraph and imported back: Eltwise SUM
+    with coefficients (weighted_add), MAX, PROD, two inputs and three outputs (mixed), the
+    WITHIN_CHANNEL LRN through cnngraph.LRNWithinChannel (cifar10_full); the channel order
+    and normalisation the export recorded come back as meta."""
+    from importers.caffe import from_caffe
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        spec, state = from_caffe(Path(__file__).parent / "data" / "caffe" / f"{name}.prototxt")
+    graph = cnngraph.load(spec)
+    module = cnngraph.build(graph).eval()
+    module.load_state_dict(state, strict=False)
+    path = tmp_path / f"{name}.onnx"
+    model = export_onnx(graph, module, path)
+    imported, weights = from_onnx(path)
+    ops = {layer["op"] for layer in imported["layers"]}
+    assert {"weighted_add", "max", "mul"} <= ops if name == "mixed" else \
+        any(n.op_type == "LRNWithinChannel" for n in model.graph.node)
+    assert imported["meta"]["channel_order"] == "BGR"
+    rng = np.random.default_rng(4)
+    feeds = {i.name: rng.standard_normal((2, *graph.input_shapes[i.name])).astype(np.float32)
+             for i in model.graph.input}
+    for reference, got in zip(onnxruntime_outputs(path, feeds),
+                              torch_outputs(build_imported(imported, weights), feeds)):
+        assert rel_error(reference, got) < TOLERANCE
+
+
 def test_folded_batch_norm_stays_folded():
     """resnet18's export holds no BatchNormalization (each folded into its conv): the import
     has no batch_norm layer, every conv has a bias, and the parameter count is the folded one."""
