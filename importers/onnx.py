@@ -680,21 +680,23 @@ class _Importer:
         in the graph) and again when the DeformConv is."""
         x, offsets = node.inputs[0], node.inputs[2] if len(node.inputs) > 2 else None
         mask = node.inputs[4] if len(node.inputs) > 4 else None
+        parts = []  # the nodes of the pattern; float Casts between them (a float16 model's) too
+        offsets = _uncast(offsets, parts)
         producer = offsets.producer() if offsets is not None else None
-        parts = []
         if mask is not None:
+            mask = _uncast(mask, parts)
             sigmoid, split = mask.producer(), producer
             if (sigmoid is None or sigmoid.op_type != "Sigmoid" or split is None
                     or split.op_type != "Split" or len(split.outputs) != 2
-                    or sigmoid.inputs[0] is not split.outputs[1]
+                    or _uncast(sigmoid.inputs[0], parts) is not split.outputs[1]
                     or offsets is not split.outputs[0]
                     or (self.attr("axis", 0, node=split) % 4) != 1):
                 self.refuse("takes a mask that is not the Sigmoid of the second part of its "
                             "offset convolution's channels" + OFFSETS, node)
             parts += [sigmoid, split]
-            producer = split.inputs[0].producer()
+            producer = _uncast(split.inputs[0], parts).producer()
         if (producer is None or producer.op_type != "Conv" or _domain(producer)
-                or producer.inputs[0] is not x):
+                or _uncast(producer.inputs[0], []) is not _uncast(x, [])):
             self.refuse("takes offsets that are not a convolution of its own input" + OFFSETS,
                         node)
         parts.append(producer)
@@ -966,6 +968,17 @@ class _Importer:
 
     @handles("Identity")
     def identity(self, node):
+        self.alias(node.inputs[0])
+
+    @handles("Cast")
+    def cast(self, node):
+        """Between float types (a float16 model's input and output casts): nothing, as a spec
+        computes in the precision it is built and run in."""
+        import onnx_ir as ir
+
+        to = ir.DataType(self.attr("to"))
+        if to not in (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.DataType.BFLOAT16):
+            self.refuse(f"casts to {to.name}; cnngraph's layers compute on float tensors")
         self.alias(node.inputs[0])
 
     @handles("Dropout")
@@ -1277,6 +1290,18 @@ def REGISTRY_NAMES() -> set:  # noqa: N802 - the ops this cnngraph has (helpers 
     from cnngraph.ops import REGISTRY
 
     return set(REGISTRY)
+
+
+def _uncast(value, casts: list):
+    """`value` before the Casts between float types that made it (appended to `casts`)."""
+    while value is not None:
+        cast = value.producer()
+        if cast is None or cast.op_type != "Cast" or _domain(cast) or cast.attributes.get("to") is None \
+                or cast.attributes["to"].value not in (1, 10, 11, 16):  # float, float16, double, bfloat16
+            return value
+        casts.append(cast)
+        value = cast.inputs[0]
+    return value
 
 
 def _domain(node) -> str:

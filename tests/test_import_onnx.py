@@ -133,6 +133,26 @@ def test_caffe_import_exported_imports_back(name, tmp_path):
         assert rel_error(reference, got) < TOLERANCE
 
 
+def test_float16_export_imports(tmp_path):
+    """cnngraph's --fp16 export of dcn_net (float16 weights; Casts at the input, the output and
+    around the float32 cnngraph.DeformConv): the Casts vanish, the weights come back float32,
+    the module matches onnxruntime on the float16 file to float16 precision."""
+    graph, module = cnngraph.load("dcn_net"), None
+    torch.manual_seed(0)
+    module = cnngraph.build(graph).eval()
+    for m in module.modules():
+        if hasattr(m, "offset_conv"):
+            m.offset_conv.bias.data.normal_(0, 0.5)
+    path = tmp_path / "dcn16.onnx"
+    export_onnx(graph, module, path, fp16=True)
+    spec, state = from_onnx(path)
+    assert sum(layer["op"] == "deform_conv2d" for layer in spec["layers"]) == 2
+    assert all(v.dtype == torch.float32 for v in state.values())
+    feeds = {"input": np.random.default_rng(5).standard_normal((2, 1, 32, 32)).astype(np.float32)}
+    (reference,), (got,) = onnxruntime_outputs(path, feeds), torch_outputs(build_imported(spec, state), feeds)
+    assert rel_error(reference, got) < 1e-2
+
+
 def test_folded_batch_norm_stays_folded():
     """resnet18's export holds no BatchNormalization (each folded into its conv): the import
     has no batch_norm layer, every conv has a bias, and the parameter count is the folded one."""
