@@ -14,7 +14,8 @@ import sys
 
 from .errors import CnnGraphError, one_line
 
-COMMANDS = ["zoo", "show", "ops", "train", "export", "verify", "infer", "bench", "demo"]
+COMMANDS = ["zoo", "show", "ops", "train", "export", "verify", "infer", "bench", "demo",
+            "importer"]  # importer: `cnngraph import` (the module cannot be named import)
 
 
 class UsageError(CnnGraphError):
