@@ -376,3 +376,27 @@ def test_wrong_caffemodels_get_one_line(tmp_path):
         from_caffe(DATA / "mixed.prototxt", tmp_path / "v1.caffemodel")
     with pytest.raises(InputError, match="no such file"):
         from_caffe(DATA / "mixed.prototxt", tmp_path / "missing.caffemodel")
+
+
+def test_cli_import_writes_spec_and_weights_and_errors_in_one_line(tmp_path, capsys):
+    from safetensors.numpy import load_file
+
+    from cnngraph.cli import main
+
+    rng = np.random.default_rng(5)
+    blobs = {"conv1": [_rand(rng, 20, 1, 5, 5), _rand(rng, 20)],
+             "conv2": [_rand(rng, 50, 20, 5, 5), _rand(rng, 50)],
+             "ip1": [_rand(rng, 500, 800), _rand(rng, 500)], "ip2": [_rand(rng, 10, 500), _rand(rng, 10)]}
+    write_caffemodel(tmp_path / "lenet.caffemodel", blobs)
+    out = tmp_path / "lenet.yaml"
+    assert main(["import", str(DATA / "lenet.prototxt"), "--weights",
+                 str(tmp_path / "lenet.caffemodel"), "-o", str(out)]) == 0
+    weights = load_file(tmp_path / "lenet.safetensors")
+    np.testing.assert_array_equal(weights["ip1.weight"], blobs["ip1"][0])
+    assert cnngraph.load(str(out)).params == COUNTS["lenet"]
+    capsys.readouterr()
+    assert main(["import", str(_write(tmp_path, INPUT + 'layer { name: "a" type: "PReLU" '
+                                      'bottom: "data" top: "a" }\n')), "-o",
+                 str(tmp_path / "x.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cnngraph import: error: ") and "PReLU" in err and "\n" not in err
