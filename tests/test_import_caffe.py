@@ -230,6 +230,20 @@ def test_caffemodel_weights_give_caffes_outputs(tmp_path):
     ours, ref = _forward(spec, state, [data, extra]), np_mixed(blobs, data, extra)
     for name in ref:
         np.testing.assert_allclose(ours[name], ref[name], rtol=1e-4, atol=1e-5, err_msg=name)
+    # and on onnxruntime: its AveragePool (ceil, padded, clipped), Max, weighted sum, ...
+    import onnxruntime as ort
+
+    from exporters import export_onnx
+
+    graph = cnngraph.load(spec)
+    module = cnngraph.build(graph)
+    module.load_state_dict(state)
+    export_onnx(graph, module.eval(), tmp_path / "mixed.onnx")
+    session = ort.InferenceSession(str(tmp_path / "mixed.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"data": data.astype(np.float32), "extra": extra.astype(np.float32)})
+    for output, value in zip(session.get_outputs(), got):
+        np.testing.assert_allclose(value, ref[output.name], rtol=1e-4, atol=1e-5,
+                                   err_msg=output.name)
 
 
 def test_batch_norm_scale_factor_zero_gives_zero_statistics(tmp_path):
