@@ -414,3 +414,31 @@ def test_cli_import_writes_spec_and_weights_and_errors_in_one_line(tmp_path, cap
                  str(tmp_path / "x.yaml")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("cnngraph import: error: ") and "PReLU" in err and "\n" not in err
+
+
+def test_training_a_bgr_network_feeds_it_bgr(tmp_path):
+    """A spec with meta.channel_order BGR (a Caffe import) trains on BGR inputs: the dataset's
+    RGB images are reversed, and the normalisation computed from them is in BGR order."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from cnngraph.train import train, trainer
+
+    rng = np.random.default_rng(6)
+    x = np.zeros((40, 3, 8, 8), np.uint8)
+    x[:, 0], x[:, 1], x[:, 2] = 200, 100, rng.integers(0, 40, (40, 8, 8))  # R bright, B dark
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(40) % 2)
+    spec = {"name": "tiny_bgr", "input": [3, 8, 8], "meta": {"channel_order": "BGR"},
+            "layers": [{"name": "pool", "op": "global_avg_pool2d"}, {"name": "flat", "op": "flatten"},
+                       {"name": "fc", "op": "linear", "out": 2}]}
+    train(spec, str(tmp_path / "d.npz"), out=tmp_path / "run", epochs=1, progress=False)
+    info = json.loads((tmp_path / "run" / "info.json").read_text())
+    mean = info["normalize"]["mean"]
+    assert mean[0] < 0.2 and mean[1] == pytest.approx(100 / 255) and mean[2] == pytest.approx(200 / 255)
+    loop = SimpleNamespace(input_shape=(3, 8, 8), scale=1 / 255, bgr=True,
+                           mean=torch.tensor(mean).view(1, -1, 1, 1),
+                           std=torch.tensor(info["normalize"]["std"]).view(1, -1, 1, 1),
+                           config=SimpleNamespace(augment=None), device=torch.device("cpu"))
+    fed = trainer._Loop._inputs(loop, torch.from_numpy(x))
+    assert abs(float(fed[:, 2].mean())) < 1e-3 and abs(float(fed[:, 0].mean())) < 0.1  # not ~ -30
