@@ -442,3 +442,44 @@ def test_training_a_bgr_network_feeds_it_bgr(tmp_path):
                            config=SimpleNamespace(augment=None), device=torch.device("cpu"))
     fed = trainer._Loop._inputs(loop, torch.from_numpy(x))
     assert abs(float(fed[:, 2].mean())) < 1e-3 and abs(float(fed[:, 0].mean())) < 0.1  # not ~ -30
+
+
+def test_opencv_dnn_runs_the_same_caffe_files_to_the_same_outputs(tmp_path):
+    """OpenCV's dnn module reads Caffe files itself: an independent Caffe runtime (optional:
+    skipped without opencv-python-headless). It deviates from Caffe in three things the mixed
+    net uses, left out of its copy here: it ignores LRN's k, include/exclude phase rules and
+    InnerProduct's transpose."""
+    cv2 = pytest.importorskip("cv2")
+    rng = np.random.default_rng(7)
+
+    def compare(prototxt, blobs, inputs, outputs):
+        model = tmp_path / f"{prototxt.stem}.caffemodel"
+        write_caffemodel(model, blobs)
+        spec, state = from_caffe(prototxt, model)
+        spec["outputs"] = outputs  # pre-softmax too, where the softmax would hide differences
+        ours = _forward(spec, state, list(inputs.values()))
+        ours = ours if isinstance(ours, dict) else {outputs[0]: ours}
+        net = cv2.dnn.readNetFromCaffe(str(prototxt), str(model))
+        for name, value in inputs.items():
+            net.setInput(value.astype(np.float32), name)
+        for name, value in zip(outputs, net.forward(outputs)):
+            assert np.abs(ours[name]).max() > 0.1
+            np.testing.assert_allclose(value.reshape(ours[name].shape), ours[name], rtol=1e-4,
+                                       atol=1e-5, err_msg=f"{prototxt.name} {name}")
+
+    text = (DATA / "mixed.prototxt").read_text()
+    for old, new in (("k: 2", "k: 1"), ("num_output: 6 transpose: true", "num_output: 6"),
+                     ('layer { name: "train_only"', "# "), ('layer { name: "loss"', "# ")):
+        assert old in text
+        text = text.replace(old, new)
+    blobs = _mixed_blobs(rng)
+    blobs["ip1"] = [blobs["ip1"][0].T.copy(), _rand(rng, 6)]
+    compare(_write(tmp_path, text, "mixed_cv.prototxt"), blobs,
+            {"data": rng.standard_normal((1, 3, 14, 14)), "extra": rng.standard_normal((1, 8, 4, 4))},
+            ["drop", "flat", "up", "ip1"])
+    compare(DATA / "cifar10_full.prototxt",
+            {"conv1": [_rand(rng, 32, 3, 5, 5, scale=0.1), _rand(rng, 32)],
+             "conv2": [_rand(rng, 32, 32, 5, 5, scale=0.05), _rand(rng, 32)],
+             "conv3": [_rand(rng, 64, 32, 5, 5, scale=0.05), _rand(rng, 64)],
+             "ip1": [_rand(rng, 10, 1024, scale=0.05), _rand(rng, 10)]},
+            {"data": rng.uniform(-128, 128, (2, 3, 32, 32))}, ["ip1"])
