@@ -708,23 +708,36 @@ def _round(value: float) -> float:
 
 # --- weights --------------------------------------------------------------------------------
 def _state(converted: _Converter, caffemodel_path, seed: int) -> dict:
-    """The built network's seeded initial state, with every blob of the caffemodel in place."""
+    """The caffemodel's blobs as the built network's state_dict; what they do not give (all of
+    it without a caffemodel) from a seeded fresh initialisation, built only when needed."""
     import torch
 
     import cnngraph
 
     graph = cnngraph.load(converted.spec)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        state = {k: v.detach().clone() for k, v in cnngraph.build(graph).state_dict().items()}
-    if caffemodel_path is None:
-        return state
-    path = Path(caffemodel_path)
+    with torch.device("meta"):
+        expected = cnngraph.build(graph).state_dict()
+    state = {k: torch.zeros((), dtype=torch.long) for k in expected
+             if k.endswith("num_batches_tracked")}
+    if caffemodel_path is not None:
+        state.update(_trained(converted, Path(caffemodel_path)))
+    if set(expected) - set(state):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            fresh = cnngraph.build(graph).state_dict()
+        state = {k: state[k] if k in state else fresh[k].detach().clone() for k in expected}
+    return {k: state[k] for k in expected}
+
+
+def _trained(converted: _Converter, path: Path) -> dict:
+    """state_dict entries from the caffemodel's blobs, by layer name as Caffe matches them."""
+    import torch
+
     trained = {}
     for layer in read_caffemodel(path).layer:
         if len(layer.blobs) and layer.name not in trained:
             trained[layer.name] = layer
-    missing = []
+    state, missing = {}, []
     for caffe_name, (kind, name, shapes, extra) in converted.weights.items():
         layer = trained.get(caffe_name)
         if layer is None:
@@ -781,7 +794,8 @@ def _convert(kind: str, blobs: list[np.ndarray], extra: dict) -> dict[str, np.nd
     if kind == "batch_norm":
         mean, var, factor = blobs
         scale = 0.0 if factor[0] == 0 else 1.0 / factor[0]
-        return {"running_mean": mean * scale, "running_var": var * scale}
+        return {"running_mean": mean * scale, "running_var": var * scale,  # weight, bias:
+                "weight": np.ones_like(mean), "bias": np.zeros_like(mean)}  # a Scale's, if one
     gamma = blobs[0]
     beta = blobs[1] if extra["bias"] else None
     if kind == "scale":  # folded into the batch_norm before it

@@ -246,16 +246,22 @@ def test_caffemodel_weights_give_caffes_outputs(tmp_path):
                                    err_msg=output.name)
 
 
-def test_batch_norm_scale_factor_zero_gives_zero_statistics(tmp_path):
+def test_batch_norm_factor_zero_and_a_layer_the_caffemodel_lacks(tmp_path, caplog):
     rng = np.random.default_rng(1)
     blobs = _mixed_blobs(rng, factor=0.0)
     blobs["bn2"][1] = rng.uniform(0.5, 2.0, 8).astype(np.float32)  # nonzero, yet 0 after / 0
     blobs["ip1"].append(_rand(rng, 6))
+    del blobs["ip2"]  # as for a renamed, re-initialised classifier: Caffe fills it
     model = tmp_path / "m.caffemodel"
     write_caffemodel(model, blobs)
-    _, state = from_caffe(DATA / "mixed.prototxt", model)
+    spec, state = from_caffe(DATA / "mixed.prototxt", model)
     assert float(state["bn2.running_mean"].abs().max()) == 0.0
     assert float(state["bn2.running_var"].abs().max()) == 0.0
+    assert "no blobs for layer(s) ip2" in caplog.text
+    assert tuple(state["ip2.weight"].shape) == (5, 16) and float(state["ip2.weight"].std()) > 0
+    assert float(state["bn_fc.weight"].min()) == 1.0  # a BatchNorm without Scale: weight 1
+    module = cnngraph.build(cnngraph.load(spec))
+    module.load_state_dict(state)  # strict: every key, every shape
 
 
 def test_cifar_within_channel_lrn_matches_numpy_and_onnxruntime(tmp_path):
