@@ -183,7 +183,7 @@ class _Converter:
         self.blobs: dict[str, str] = {}         # Caffe blob -> spec layer (or input) holding it
         self.used: dict[str, int] = {}          # spec layer -> layers reading it
         self.names: set[str] = set()
-        self.order: list[str] = []              # blobs in the order they were first made
+        self.order: dict[str, None] = {}        # blobs in the order they were first made
         self.weights: dict[str, tuple] = {}     # Caffe layer -> (type, spec name, blob shapes)
         self.folded: dict[str, str] = {}        # batch_norm spec layer -> its Scale's Caffe layer
         self.bn_of: dict[str, str] = {}         # batch_norm spec layer -> its BatchNorm Caffe layer
@@ -200,7 +200,11 @@ class _Converter:
     def run(self) -> _Converter:
         state = self.net.state
         self._net_inputs()
+        if len(self.net.layer) > limits.MAX_LAYERS:
+            raise InputError(f"{self.path}: {len(self.net.layer):,} layers, more than the "
+                             f"{limits.MAX_LAYERS:,} a spec may hold")
         included = [layer for layer in self.net.layer if self._included(layer, state)]
+        self.read_later = _later_reads(included)
         for index, layer in enumerate(included):
             self.layer = layer
             handler = getattr(self, f"_{layer.type}", None)
@@ -216,7 +220,7 @@ class _Converter:
                                 "layers)")
             if layer.HasField("transform_param") and self.transform is None:
                 self.transform = (layer.transform_param, list(layer.top[:1]))  # the data top
-            handler(layer, self._bottoms(layer), included[index + 1:])
+            handler(layer, self._bottoms(layer), index)
         self.layer = None
         if not self.inputs:
             raise self.fail("the net has no input: give an Input layer or the net-level "
@@ -268,8 +272,7 @@ class _Converter:
         if len(layer.top) <= index:
             raise self.fail("it has no top blob: name its output with `top`")
         blob = layer.top[index]
-        if blob not in self.order:
-            self.order.append(blob)
+        self.order.setdefault(blob)
         self.blobs[blob] = spec_name
 
     def _add(self, op: str, ins: list[str], attrs: dict, name: str | None = None) -> str:
@@ -340,11 +343,10 @@ class _Converter:
         name = self._name(blob)
         self.inputs[name] = [int(d) for d in dims[1:]]
         self.shapes[name] = ("N", *self.inputs[name])
-        if blob not in self.order:
-            self.order.append(blob)
+        self.order.setdefault(blob)
         self.blobs[blob] = name
 
-    def _Input(self, layer, ins, rest) -> None:  # noqa: N802 - Caffe's type names
+    def _Input(self, layer, ins, index) -> None:  # noqa: N802 - Caffe's type names
         shapes = [list(s.dim) for s in layer.input_param.shape]
         if len(shapes) not in (1, len(layer.top)):
             raise self.fail(f"{len(layer.top)} tops but {len(shapes)} shapes: give one shape, "
@@ -390,14 +392,14 @@ class _Converter:
                 "dilation": list(self._pair(p, "dilation", 1)), "groups": p.group,
                 "bias": p.bias_term}
 
-    def _Convolution(self, layer, ins, rest) -> None:  # noqa: N802
+    def _Convolution(self, layer, ins, index) -> None:  # noqa: N802
         a = self._conv_attrs(ins)
         name = self._add("conv2d", ins, a)
         c = self._shape_of(ins[0])[1]
         self._conv_weights(name, (a["out"], c // a["groups"], *a["kernel"]), a)
         self._produce(layer, name)
 
-    def _Deconvolution(self, layer, ins, rest) -> None:  # noqa: N802
+    def _Deconvolution(self, layer, ins, index) -> None:  # noqa: N802
         a = self._conv_attrs(ins)
         name = self._add("conv_transpose2d", ins, a)
         c = self._shape_of(ins[0])[1]
@@ -407,7 +409,7 @@ class _Converter:
     def _conv_weights(self, name, weight, a) -> None:
         self._params("conv", name, [weight] + ([(a["out"],)] if a["bias"] else []))
 
-    def _InnerProduct(self, layer, ins, rest) -> None:  # noqa: N802
+    def _InnerProduct(self, layer, ins, index) -> None:  # noqa: N802
         p = layer.inner_product_param
         self._need(1, ins)
         shape = self._shape_of(ins[0])
@@ -428,7 +430,7 @@ class _Converter:
         self._produce(layer, name)
 
     # pooling and normalisation
-    def _Pooling(self, layer, ins, rest) -> None:  # noqa: N802
+    def _Pooling(self, layer, ins, index) -> None:  # noqa: N802
         p = layer.pooling_param
         self._need(1, ins)
         shape = self._shape_of(ins[0])
@@ -464,7 +466,7 @@ class _Converter:
                             "without padding): not importable as it is")
         self._produce(layer, name)
 
-    def _LRN(self, layer, ins, rest) -> None:  # noqa: N802
+    def _LRN(self, layer, ins, index) -> None:  # noqa: N802
         p = layer.lrn_param
         self._need(1, ins)
         if p.local_size % 2 == 0:
@@ -479,7 +481,7 @@ class _Converter:
             "region": "within_channel" if within else "across_channels"})
         self._produce(layer, name)
 
-    def _BatchNorm(self, layer, ins, rest) -> None:  # noqa: N802
+    def _BatchNorm(self, layer, ins, index) -> None:  # noqa: N802
         p = layer.batch_norm_param
         self._need(1, ins)
         momentum = min(1.0, max(0.0, 1.0 - _f32(p.moving_average_fraction)))
@@ -489,7 +491,7 @@ class _Converter:
         self.bn_of[name] = layer.name
         self._produce(layer, name)
 
-    def _Scale(self, layer, ins, rest) -> None:  # noqa: N802
+    def _Scale(self, layer, ins, index) -> None:  # noqa: N802
         p = layer.scale_param
         if len(ins) != 1:
             raise self.fail("a Scale by a second bottom is not supported (a learned Scale, one "
@@ -504,7 +506,7 @@ class _Converter:
         src = ins[0]
         bottom = layer.bottom[0]
         if (src in self.bn_of and src not in self.folded and self.used.get(src, 0) == 0
-                and len(layer.top) and (layer.top[0] == bottom or not _read_later(rest, bottom))):
+                and len(layer.top) and (layer.top[0] == bottom or not self.read_later[index][bottom])):
             self.folded[src] = layer.name  # BatchNorm + Scale = one batch_norm
             self._params("scale", src, shapes, bias=p.bias_term)
             return self._produce(layer, src)
@@ -521,30 +523,30 @@ class _Converter:
         self._need(1, ins)
         self._produce(layer, self._add(op, ins, attrs or {}))
 
-    def _ReLU(self, layer, ins, rest) -> None:  # noqa: N802
+    def _ReLU(self, layer, ins, index) -> None:  # noqa: N802
         slope = _f32(layer.relu_param.negative_slope)
         if slope:
             return self._pointwise(layer, ins, "leaky_relu", {"negative_slope": slope})
         self._pointwise(layer, ins, "relu")
 
-    def _Sigmoid(self, layer, ins, rest) -> None:  # noqa: N802
+    def _Sigmoid(self, layer, ins, index) -> None:  # noqa: N802
         self._pointwise(layer, ins, "sigmoid")
 
-    def _TanH(self, layer, ins, rest) -> None:  # noqa: N802
+    def _TanH(self, layer, ins, index) -> None:  # noqa: N802
         self._pointwise(layer, ins, "tanh")
 
-    def _Dropout(self, layer, ins, rest) -> None:  # noqa: N802
+    def _Dropout(self, layer, ins, index) -> None:  # noqa: N802
         self._pointwise(layer, ins, "dropout", {"p": _f32(layer.dropout_param.dropout_ratio)})
 
     def _axis(self, ins, axis: int) -> int:
         rank = len(self._shape_of(ins[0]))
         return axis + rank if axis < 0 else axis
 
-    def _Softmax(self, layer, ins, rest) -> None:  # noqa: N802
+    def _Softmax(self, layer, ins, index) -> None:  # noqa: N802
         self._need(1, ins)
         self._pointwise(layer, ins, "softmax", {"axis": self._axis(ins, layer.softmax_param.axis)})
 
-    def _Flatten(self, layer, ins, rest) -> None:  # noqa: N802
+    def _Flatten(self, layer, ins, index) -> None:  # noqa: N802
         p = layer.flatten_param
         self._need(1, ins)
         rank = len(self._shape_of(ins[0]))
@@ -552,7 +554,7 @@ class _Converter:
             raise self.fail(f"end_axis {p.end_axis}: only flattening to the last axis is supported")
         self._pointwise(layer, ins, "flatten", {"start_dim": self._axis(ins, p.axis)})
 
-    def _Concat(self, layer, ins, rest) -> None:  # noqa: N802
+    def _Concat(self, layer, ins, index) -> None:  # noqa: N802
         p = layer.concat_param
         self._need(1, ins, at_least=True)
         axis = p.axis if p.HasField("axis") or not p.HasField("concat_dim") else p.concat_dim
@@ -560,7 +562,7 @@ class _Converter:
             return self._produce(layer, ins[0])
         self._produce(layer, self._add("concat", ins, {"axis": self._axis(ins, axis)}))
 
-    def _Eltwise(self, layer, ins, rest) -> None:  # noqa: N802
+    def _Eltwise(self, layer, ins, index) -> None:  # noqa: N802
         p = layer.eltwise_param
         self._need(2, ins, at_least=True)
         coeffs = [_f32(c) for c in p.coeff]
@@ -574,12 +576,12 @@ class _Converter:
             raise self.fail("coeff is for the SUM operation only (Caffe refuses it too)")
         self._produce(layer, self._add("mul" if p.operation == 0 else "max", ins, {}))
 
-    def _Split(self, layer, ins, rest) -> None:  # noqa: N802
+    def _Split(self, layer, ins, index) -> None:  # noqa: N802
         self._need(1, ins)
         for i in range(len(layer.top)):
             self._produce(layer, ins[0], i)
 
-    def _Silence(self, layer, ins, rest) -> None:  # noqa: N802
+    def _Silence(self, layer, ins, index) -> None:  # noqa: N802
         for i in ins:
             self.used[i] = self.used.get(i, 0) + 1
 
@@ -687,14 +689,18 @@ def _caffe_pooled(n: int, k: int, s: int, pad: int, ceil: bool) -> int:
     return out
 
 
-def _read_later(rest, blob: str) -> bool:
-    """Whether a later layer reads `blob` before another layer rewrites it."""
-    for layer in rest:
-        if blob in layer.bottom:
-            return True
-        if blob in layer.top:
-            return False
-    return False
+def _later_reads(layers) -> list[dict[str, bool]]:
+    """For each layer, whether each of its bottoms is read again by a later layer before one
+    rewrites it (one backward pass)."""
+    pending: dict[str, bool] = {}  # blob -> read by the layers after this point, before a write
+    out = []
+    for layer in reversed(layers):
+        out.append({blob: pending.get(blob, False) for blob in layer.bottom})
+        for blob in layer.top:
+            pending[blob] = False
+        for blob in layer.bottom:
+            pending[blob] = True
+    return out[::-1]
 
 
 def _f32(value: float) -> float:

@@ -489,3 +489,26 @@ def test_opencv_dnn_runs_the_same_caffe_files_to_the_same_outputs(tmp_path):
              "conv3": [_rand(rng, 64, 32, 5, 5, scale=0.05), _rand(rng, 64)],
              "ip1": [_rand(rng, 10, 1024, scale=0.05), _rand(rng, 10)]},
             {"data": rng.uniform(-128, 128, (2, 3, 32, 32))}, ["ip1"])
+
+
+@pytest.mark.parametrize("reader, folded", [("", True), ("sc", True), ("bn", False)])
+def test_scale_folds_into_its_batch_norm_only_when_nothing_else_reads_it(tmp_path, reader, folded):
+    text = INPUT + ('layer { name: "bn" type: "BatchNorm" bottom: "data" top: "bn" }\n'
+                    'layer { name: "sc" type: "Scale" bottom: "bn" top: "sc" }\n')
+    if reader:
+        text += f'layer {{ name: "r" type: "ReLU" bottom: "{reader}" top: "r" }}\n'
+    ops = {layer["name"]: layer["op"] for layer in caffe_spec(_write(tmp_path, text))["layers"]}
+    assert ("sc" not in ops) == folded
+    if not folded:
+        assert ops["sc"] == "conv2d" and ops["bn"] == "batch_norm"
+
+
+@pytest.mark.parametrize("order, shape, message", [
+    ("GBR", [3, 8, 8], "`meta.channel_order` must be RGB or BGR"),
+    ("BGR", [1, 8, 8], "for 3-channel image inputs, and this network has none"),
+])
+def test_channel_order_is_checked(order, shape, message):
+    spec = {"name": "t", "input": shape, "meta": {"channel_order": order},
+            "layers": [{"name": "flat", "op": "flatten"}]}
+    with pytest.raises(cnngraph.SpecError, match=message):
+        cnngraph.load(spec)
