@@ -41,8 +41,8 @@ from . import caffe_schema as schema
 
 log = logging.getLogger("cnngraph.import")
 
-MAX_PROTOTXT_BYTES = 16 << 20  # a prototxt: 16 MiB (the largest published ones are ~1 MiB)
-MAX_CAFFEMODEL_BYTES = (1 << 31) - 1  # protobuf's own limit on one message
+MAX_PROTOTXT_BYTES = limits.MAX_CAFFE_PROTOTXT
+MAX_CAFFEMODEL_BYTES = limits.MAX_CAFFE_MODEL
 MAX_TEXT_DEPTH = 32  # nesting of messages in a prototxt (Caffe's go 4 deep)
 
 SUPPORTED = ("Input", "Convolution", "Deconvolution", "Pooling", "InnerProduct", "ReLU", "Sigmoid",

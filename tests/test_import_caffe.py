@@ -512,3 +512,15 @@ def test_channel_order_is_checked(order, shape, message):
             "layers": [{"name": "flat", "op": "flatten"}]}
     with pytest.raises(cnngraph.SpecError, match=message):
         cnngraph.load(spec)
+
+
+def test_files_past_the_size_limits_are_refused_before_reading(tmp_path, monkeypatch):
+    from importers import caffe
+
+    monkeypatch.setattr(caffe, "MAX_PROTOTXT_BYTES", 100)
+    with pytest.raises(InputError, match=r"net.prototxt: .* bytes, more than the 100 a prototxt"):
+        caffe_spec(_write(tmp_path, INPUT * 2))
+    monkeypatch.setattr(caffe, "MAX_CAFFEMODEL_BYTES", 10)
+    (tmp_path / "big.caffemodel").write_bytes(b"\0" * 11)
+    with pytest.raises(InputError, match="more than the 10 a caffemodel may hold"):
+        caffe.read_caffemodel(tmp_path / "big.caffemodel")
