@@ -188,6 +188,7 @@ class _Converter:
         self.folded: dict[str, str] = {}        # batch_norm spec layer -> its Scale's Caffe layer
         self.bn_of: dict[str, str] = {}         # batch_norm spec layer -> its BatchNorm Caffe layer
         self.transform = None                   # (TransformationParameter, input names)
+        self.init: dict[str, dict] = {}         # spec layer -> meta.init rules from its fillers
         self.layer = None                       # the Caffe layer being converted
         self.spec: dict = {}
 
@@ -408,6 +409,21 @@ class _Converter:
 
     def _conv_weights(self, name, weight, a) -> None:
         self._params("conv", name, [weight] + ([(a["out"],)] if a["bias"] else []))
+        self._fillers(name, weight, self.layer.convolution_param)
+
+    def _fillers(self, name: str, weight: tuple, p, defaults: dict | None = None) -> None:
+        """meta.init rules for the layer's own weight_filler/bias_filler (Caffe's fillers, so
+        a fresh network starts as Caffe would start it): constant, gaussian (mean 0), uniform
+        (symmetric), xavier and msra (their std or bound computed from the blob's fans, as
+        Caffe does: fan_in = count/num, fan_out = count/channels). Others keep the op's."""
+        rules = dict(defaults or {})
+        for param, field in (("weight", "weight_filler"), ("bias", "bias_filler")):
+            if field in p.DESCRIPTOR.fields_by_name and p.HasField(field):
+                rule = _filler_rule(getattr(p, field), weight)
+                if rule is not None:
+                    rules[param] = rule
+        if rules:
+            self.init[name] = rules
 
     def _InnerProduct(self, layer, ins, index) -> None:  # noqa: N802
         p = layer.inner_product_param
@@ -427,6 +443,7 @@ class _Converter:
         weight = (features, p.num_output) if p.transpose else (p.num_output, features)
         self._params("linear", name, [weight] + ([(p.num_output,)] if p.bias_term else []),
                      transpose=p.transpose)
+        self._fillers(name, weight, p)
         self._produce(layer, name)
 
     # pooling and normalisation
@@ -516,6 +533,10 @@ class _Converter:
         name = self._add("conv2d", ins, {"out": c, "kernel": 1, "groups": c,
                                          "bias": p.bias_term})
         self._params("depthwise", name, shapes, bias=p.bias_term)
+        weight = _filler_rule(p.filler, (c, 1)) if p.HasField("filler") else 1.0
+        bias = _filler_rule(p.bias_filler, (c, 1)) if p.HasField("bias_filler") else 0.0
+        self.init[name] = {"weight": 1.0 if weight is None else weight,  # Caffe: 1 and 0
+                           **({"bias": 0.0 if bias is None else bias} if p.bias_term else {})}
         self._produce(layer, name)
 
     # element-wise and structure
@@ -593,7 +614,7 @@ class _Converter:
             spec["input"] = inputs["input"]
         else:
             spec["inputs"] = dict(inputs)
-        meta = self._meta()
+        meta = {**self._meta(), **self._meta_init()}
         if meta:
             spec["meta"] = meta
         first_input = next(iter(inputs))
@@ -677,6 +698,30 @@ class _Converter:
         if any(self.inputs[n][0] == 3 for n in images):
             meta["channel_order"] = "BGR"
         return meta
+
+    def _meta_init(self) -> dict:
+        return {"init": {"layers": dict(self.init)}} if self.init else {}
+
+
+def _filler_rule(filler, weight: tuple):
+    """The meta.init rule of a Caffe FillerParameter for a blob of shape `weight`, or None."""
+    count = math.prod(weight)
+    fan_in, fan_out = count / weight[0], count / weight[1] if len(weight) > 1 else count
+    fan = {0: fan_in, 1: fan_out, 2: (fan_in + fan_out) / 2}.get(filler.variance_norm, fan_in)
+    kind = filler.type
+    if kind == "constant":
+        value = _f32(filler.value)
+    elif kind == "gaussian" and filler.mean == 0 and filler.sparse < 0 and filler.std > 0:
+        return {"normal": _f32(filler.std)}
+    elif kind == "uniform" and filler.min == -filler.max and filler.max > 0:
+        return {"uniform": _f32(filler.max)}
+    elif kind == "xavier" and fan > 0:
+        return {"uniform": _round(math.sqrt(3 / fan))}
+    elif kind == "msra" and fan > 0:
+        return {"normal": _round(math.sqrt(2 / fan))}
+    else:
+        return None
+    return value if abs(value) <= 1e6 else None
 
 
 def _caffe_pooled(n: int, k: int, s: int, pad: int, ceil: bool) -> int:

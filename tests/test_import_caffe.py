@@ -524,3 +524,26 @@ def test_files_past_the_size_limits_are_refused_before_reading(tmp_path, monkeyp
     (tmp_path / "big.caffemodel").write_bytes(b"\0" * 11)
     with pytest.raises(InputError, match="more than the 10 a caffemodel may hold"):
         caffe.read_caffemodel(tmp_path / "big.caffemodel")
+
+
+def test_a_fresh_network_starts_from_the_prototxts_fillers(tmp_path):
+    """Without a caffemodel the weights follow each layer's weight_filler/bias_filler, as Caffe
+    would draw them (meta.init): gaussian std, constant, xavier's uniform bound sqrt(3/fan_in),
+    msra's std sqrt(2/fan_in); a Scale alone starts at 1 (Caffe's default filler)."""
+    text = INPUT + '''
+layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param { num_output: 64
+  kernel_size: 3 weight_filler { type: "gaussian" std: 0.05 } bias_filler { type: "constant" value: 0.3 } } }
+layer { name: "x" type: "Convolution" bottom: "c" top: "x" convolution_param { num_output: 64
+  kernel_size: 3 weight_filler { type: "xavier" } } }
+layer { name: "s" type: "Scale" bottom: "x" top: "s" scale_param { bias_term: true } }
+layer { name: "fc" type: "InnerProduct" bottom: "s" top: "fc" inner_product_param { num_output: 100
+  weight_filler { type: "msra" } } }
+'''
+    spec, state = from_caffe(_write(tmp_path, text))
+    assert float(state["c.weight"].std()) == pytest.approx(0.05, rel=0.1)
+    assert float(state["c.bias"].min()) == float(state["c.bias"].max()) == pytest.approx(0.3)
+    bound = math.sqrt(3 / (64 * 9))
+    assert 0.9 * bound < float(state["x.weight"].abs().max()) <= bound
+    assert float(state["s.weight"].min()) == float(state["s.weight"].max()) == 1.0
+    assert float(state["s.bias"].abs().max()) == 0.0
+    assert float(state["fc.weight"].std()) == pytest.approx(math.sqrt(2 / (64 * 4 * 4)), rel=0.1)
