@@ -467,6 +467,10 @@ class _Converter:
         kernel = self._pair(p, "kernel_size", None)
         stride = self._pair(p, "stride", 1)
         pad = self._pair(p, "pad", 0)
+        if any(q > k // 2 for q, k in zip(pad, kernel)):
+            raise self.fail(f"pad {pad[0]}x{pad[1]} is more than half the {kernel[0]}x"
+                            f"{kernel[1]} window: Caffe allows it, PyTorch's and ONNX's pooling "
+                            "do not (not importable as it is)")
         ceil = p.round_mode == 0
         caffe = tuple(_caffe_pooled(n, k, s, q, ceil)
                       for n, k, s, q in zip((h, w), kernel, stride, pad))

@@ -366,6 +366,10 @@ INPUT = 'layer { name: "data" type: "Input" top: "data" input_param { shape { di
     (INPUT + 'layer { name: "n" type: "LRN" bottom: "data" top: "n" lrn_param { local_size: 4 } }\n',
      "local_size 4 is even"),
     ('layer { name: "c" type: "Convolution" top: "c" \n', "not Caffe's prototxt text format"),
+    (INPUT + 'layer { name: "p" type: "Pooling" bottom: "data" top: "p" '
+     'pooling_param { kernel_size: 3 pad: 2 } }\n', "pad 2x2 is more than half the 3x3 window"),
+    (INPUT + 'layer { name: "p" type: "Pooling" bottom: "data" top: "p" '
+     'pooling_param { kernel_size: 1 stride: 3 } }\n', "Caffe pools the 8x8 input to 4x4"),
 ])
 def test_wrong_prototxts_get_one_line(tmp_path, text, message):
     with pytest.raises(InputError) as caught:
