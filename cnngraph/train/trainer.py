@@ -292,6 +292,8 @@ def train(spec_or_graph, data: str | Dataset | None = None, *, out: str | Path |
                         "it with your own PyTorch loop on cnngraph.build(graph)")
     if data is not None:
         options["data"] = data.source if isinstance(data, Dataset) else str(data)
+    if isinstance(options.get("weights"), os.PathLike):
+        options["weights"] = str(options["weights"])
     device = _device(TrainConfig(device=options.get("device") or "auto"))
     ddp = _distributed(device)
     try:
