@@ -14,7 +14,8 @@ import sys
 
 from .errors import CnnGraphError, one_line
 
-COMMANDS = ["zoo", "show", "ops", "train", "export", "verify", "infer", "bench", "demo"]
+COMMANDS = ["zoo", "show", "ops", "train", "export", "verify", "infer", "bench", "demo",
+            "quantize"]
 
 
 class UsageError(CnnGraphError):
