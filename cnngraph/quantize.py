@@ -187,9 +187,10 @@ class Settings:
 
 
 def quantize_model(src: Path, calibration: np.ndarray, settings: Settings, data: str,
-                   workdir: Path, source: str | None = None):
+                   workdir: Path, source: str | None = None, affine: bool = True):
     """The int8 ModelProto of the float model at `src`, calibrated on `calibration` (inputs as
-    the model takes them), with its metadata (the float model's, plus META_KEY)."""
+    the model takes them), with its metadata (the float model's, plus META_KEY). `affine`
+    False leaves unfoldable batch norms as they are (bench/bench_int8.py measures the fix)."""
     import onnx
     import onnxruntime as ort
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
@@ -203,7 +204,7 @@ def quantize_model(src: Path, calibration: np.ndarray, settings: Settings, data:
     if len(inputs) != 1:
         raise InputError(f"{src}: has {len(inputs)} inputs; calibration data holds one image per "
                          "sample, so only single-input models are quantized")
-    affine = batch_norms_as_conv(model)
+    affine = batch_norms_as_conv(model) if affine else 0
     rewritten, pre, out = workdir / "float.onnx", workdir / "pre.onnx", workdir / "int8.onnx"
     onnx.save(model, str(rewritten))
     # no onnxruntime optimisation here: it would inline the cnngraph-domain functions, whose

@@ -196,3 +196,15 @@ def test_wrong_inputs_one_line_exit_2(setup, quantized, tmp_path, capsys, args, 
     assert main([a.format(**names) for a in args]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err and "error" in err
+
+
+def test_bench_int8_row_beside_fp32(setup, capsys):
+    _, run, _, model = setup
+    assert main(["bench", str(model), "--int8", "--calibrate", str(run), "--batch-sizes", "1,2",
+                 "--seconds", "0.05", "--device", "cpu", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["results"]
+    assert [(r["engine"], r["batch"]) for r in rows] == [
+        ("onnxruntime", 1), ("ort int8", 1), ("onnxruntime", 2), ("ort int8", 2)]
+    for fp32, int8 in (rows[:2], rows[2:]):
+        assert int8["vs_fp32"] == pytest.approx(fp32["p50_ms"] / int8["p50_ms"])
+        assert fp32["vs_fp32"] is None
