@@ -4,6 +4,10 @@ outputs on the same input, so a wrong rename, a shifted nn.Sequential number or 
 tensor shows as a missing key, a mis-shaped key or a different output."""
 from __future__ import annotations
 
+import gzip
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -87,20 +91,31 @@ def test_own_naming_round_trip_and_files(tmp_path):
         assert all(torch.equal(got[k], state[k]) for k in state), name
 
 
+def torchvision_state(name: str, **shapes) -> dict[str, torch.Tensor]:
+    """torchvision's state_dict of `name` (stored keys and shapes), zeros; `shapes` replaces
+    some (fc__weight=(10, 512) for the key fc.weight)."""
+    shapes = {k.replace("__", "."): v for k, v in shapes.items()}
+    return {k: torch.zeros(shapes.get(k, shape)) for k, shape in stored_keys()[name]}
+
+
 def test_mismatch_is_one_line_naming_keys_and_counts():
-    tv = models()
     with pytest.raises(WeightsError) as info:
-        cnngraph.import_weights(cnngraph.load("resnet34"), tv.resnet18().state_dict())
+        cnngraph.import_weights(cnngraph.load("resnet34"), torchvision_state("resnet18"))
     message = str(info.value)
     assert "\n" not in message and "closest is torchvision" in message
     assert "80 missing (layer1.2.conv1.weight" in message  # 3+4+6+3 vs 2+2+2+2 blocks: 8 more
-    state = tv.resnet18(num_classes=10).state_dict()
+    state = torchvision_state("resnet18", fc__weight=(10, 512), fc__bias=(10,))
     with pytest.raises(WeightsError, match=r"1 unmatched in the file \(extra.weight\); 2 "
                        r"mis-shaped \(fc.weight \(10, 512\) \(expected \(1000, 512\)\), fc.bias"):
         cnngraph.import_weights(cnngraph.load("resnet18"), {**state, "extra.weight": torch.ones(1)})
     # the head left out: everything else is taken, the head kept from a fresh build
     got = cnngraph.import_weights(cnngraph.load("resnet18"), state, ignore=["fc"])
     assert sorted(got.kept) == ["fc.bias", "fc.weight"] and got.matched == len(state) - 2
+    # a family's naming (googlenet's) does not fit another family (resnet18)
+    with pytest.raises(WeightsError, match=r"closest is \w+, with \d+ of 364 keys named alike"):
+        cnngraph.import_weights(cnngraph.load("resnet18"), torchvision_state("googlenet"))
+    with pytest.raises(WeightsError, match="naming 'timm': 'resnet18' knows cnngraph, torchvision"):
+        cnngraph.import_weights(cnngraph.load("resnet18"), state, naming="timm")
 
 
 # One variant per family, against torchvision's network at a small input (what the network
@@ -133,26 +148,37 @@ def test_family_outputs_equal_torchvisions(name, builder, options, size, outputs
     same_outputs(ours, reference, x, train=True, outputs=outputs)
 
 
-VARIANTS = ["alexnet_tv", "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19",
-            "vgg19_bn", "densenet121", "densenet161", "densenet169", "densenet201", "googlenet",
-            "inception_v3", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-            "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2",
-            "wide_resnet101_2"]
+KEYS = Path(__file__).parent / "data" / "torchvision_keys.json.gz"  # scripts/torchvision_keys.py
 
 
-@pytest.mark.parametrize("name", VARIANTS)
-def test_every_variant_imports_torchvisions_keys(name):
-    """Every key and shape of torchvision's network (built on the meta device: no memory)."""
-    tv = models()
-    builder = "alexnet" if name == "alexnet_tv" else name
-    options = {"aux_logits": True, "init_weights": False} if name in ("googlenet", "inception_v3") else {}
-    with torch.device("meta"):
-        state = getattr(tv, builder)(**options).state_dict()
+def stored_keys() -> dict[str, list]:
+    return json.loads(gzip.decompress(KEYS.read_bytes()))["models"]
+
+
+@pytest.mark.parametrize("name", sorted(stored_keys()))
+def test_every_variant_takes_torchvisions_keys_and_shapes(name):
+    """Every key and shape of torchvision's network, as stored from its definition (so this
+    runs without torchvision), renamed to ours and loaded strictly (on the meta device)."""
+    state = {k: torch.empty(shape, device="meta") for k, shape in stored_keys()[name]}
     graph = cnngraph.load(name)
     got = cnngraph.import_weights(graph, state, naming="torchvision")
     assert got.matched == len(state) and not got.kept
     with torch.device("meta"):
         cnngraph.build(graph).load_state_dict(got, strict=True)
+
+
+def test_stored_keys_are_torchvisions():
+    """The stored lists are what the installed torchvision's definitions give."""
+    import runpy
+
+    tv = models()
+    script = runpy.run_path(str(Path(__file__).parent.parent / "scripts" / "torchvision_keys.py"))
+    stored = stored_keys()
+    assert sorted(stored) == sorted(script["MODELS"])
+    for name, (builder, options) in script["MODELS"].items():
+        with torch.device("meta"):
+            state = getattr(tv, builder)(**options).state_dict()
+        assert [[k, list(v.shape)] for k, v in state.items()] == stored[name], name
 
 
 @pytest.mark.parametrize("name, size", [("googlenet", 64), ("inception_v3", 299)])
