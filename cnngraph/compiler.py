@@ -160,6 +160,14 @@ def check_meta(graph: Graph, source: Source) -> None:
                            f"{describe(normalize)}", meta, "normalize")
             _check_normalize(normalize, next(iter(channels.values())), "meta.normalize",
                              lambda message, key: fail(message, normalize, key))
+    if "channel_order" in meta:
+        order = meta["channel_order"]
+        if order not in ("RGB", "BGR"):
+            raise fail(f"`meta.channel_order` must be RGB or BGR (the order of an image "
+                       f"input's 3 channels), got {describe(order)}", meta, "channel_order")
+        if not any(n.shape[1:2] == (3,) and len(n.shape) == 4 for n in graph.inputs):
+            raise fail("`meta.channel_order` is for 3-channel image inputs, and this network "
+                       "has none: remove it", meta, "channel_order")
     if "init" in meta:
         init.check(meta, graph, fail)
     if "classes" in meta:
