@@ -167,7 +167,7 @@ def test_freeze_unknown_path_names_close_ones(files, tmp_path, capsys):
                  "--freeze", "conv3", "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
-    assert "--freeze conv3" in err and "(close: conv1, conv2" in err, err
+    assert "--freeze conv3" in err and "(close: conv2, conv1)" in err, err
 
 
 def test_freeze_a_block_path_covers_the_whole_block():
@@ -192,3 +192,51 @@ def test_head_declared_in_the_spec_is_checked():
         cnngraph.load(spec)
     with pytest.raises(CnnGraphError, match="did you mean 'fc'"):
         cnngraph.load({**NET, "meta": {"head": ["fcc"]}})
+
+
+def test_torchvision_checkpoint_to_my_folder_to_export_and_infer(tmp_path, capsys):
+    """The README's path: torchvision's resnet18 checkpoint (its own names) fine-tuned on a
+    2-class image folder with everything but fc frozen, exported, verified, run. Independent
+    check: torchvision's own resnet18 with that .pth and our new fc gives our run's logits."""
+    pytest.importorskip("cnngraph.pretrained")
+    import sys
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from PIL import Image
+    from torchvision_ref import models
+    from cnngraph.train import load_run
+
+    tv = models()
+    torch.manual_seed(0)
+    reference = tv.resnet18()
+    for m in reference.modules():  # running stats that an import mix-up would show
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 1.5)
+    torch.save(reference.state_dict(), tmp_path / "resnet18.pth")
+    rng = np.random.default_rng(0)
+    for name, channel in (("cat", 0), ("dog", 2)):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        for i in range(6):
+            pixels = rng.integers(0, 80, (24, 24, 3), dtype=np.uint8)
+            pixels[..., channel] += 150
+            Image.fromarray(pixels).save(tmp_path / "photos" / name / f"{i}.png")
+    run, onnx_file = tmp_path / "run", tmp_path / "photos.onnx"
+    assert main(["train", "resnet18", "--weights", str(tmp_path / "resnet18.pth"), "--data",
+                 str(tmp_path / "photos"), "--freeze", "flatten", "--epochs", "1",
+                 "--batch-size", "4", "--out", str(run)]) == 0
+    graph, state, info = load_run(run)
+    assert graph.num_classes == 2 and info["classes"] == ["cat", "dog"]
+    model = cnngraph.build(graph).eval()
+    model.load_state_dict(state)
+    reference.fc = torch.nn.Linear(512, 2)
+    reference.fc.load_state_dict({"weight": state["fc.weight"], "bias": state["fc.bias"]})
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference.eval()(x), rtol=1e-4, atol=1e-4)
+    assert main(["export", str(run), "-o", str(onnx_file)]) == 0
+    assert main(["verify", str(onnx_file), "--against", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["infer", str(onnx_file), str(tmp_path / "photos" / "dog" / "0.png"),
+                 "--top-k", "2", "--json"]) == 0
+    ranked = json.loads(capsys.readouterr().out)[0]["top_k"]
+    assert {r["class"] for r in ranked} == {"cat", "dog"}

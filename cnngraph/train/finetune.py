@@ -152,8 +152,7 @@ def frozen_layers(graph: Graph, layer: str) -> list[str]:
         near = get_close_matches(layer, sorted(paths), n=3, cutoff=0.5)
         close = f" (close: {', '.join(near)})" if near else ""
         raise CnnGraphError(f"--freeze {layer}: no layer or block of '{graph.name}' has this "
-                            f"path{close}; `cnngraph show {graph.source or graph.name}` lists "
-                            "them")
+                            f"path{close}; `cnngraph show` lists the layer paths in order")
     return order[:max(hits) + 1]
 
 
