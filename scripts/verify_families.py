@@ -1,4 +1,4 @@
-"""Export every variant of the mobile families to ONNX (fp32 and fp16) with `cnngraph export`
+"""Export every variant of the families of issue 12 (mobile and modern) to ONNX (fp32 and fp16) with `cnngraph export`
 and check it against PyTorch with `cnngraph verify` (batch 1 and 3, its default). The test suite
 does this for the smallest variant of each family; this script is the full list, run once:
 
@@ -29,6 +29,10 @@ import cnngraph
 FAMILIES = ["mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large"] + [
     f"efficientnet_b{k}" for k in range(8)] + ["mnasnet0_5", "mnasnet0_75", "mnasnet1_0",
                                                 "mnasnet1_3"]
+FAMILIES += ["squeezenet1_0", "squeezenet1_1"] + [
+    f"shufflenet_v2_{w}" for w in ("x0_5", "x1_0", "x1_5", "x2_0")] + [
+    f"regnet_{k}_{s}" for k in "xy" for s in ("400mf", "800mf", "1_6gf", "3_2gf", "8gf", "16gf")] + [
+    f"convnext_{s}" for s in ("tiny", "small", "base", "large")]
 CLI = str(Path(sys.executable).with_name("cnngraph"))
 
 
