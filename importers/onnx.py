@@ -305,20 +305,20 @@ class _Importer:
             if id(node) in self.done:
                 continue
             if node.op_type == "DeformConv" and _domain(node) in ("", CNNGRAPH_DOMAIN):
-                self._offset_conv(node)
+                self._guarded(node, self._offset_conv, node)
             elif not _domain(node) and node.op_type in PATTERNS:
-                getattr(self, PATTERNS[node.op_type])(node)
+                self._guarded(node, getattr(self, PATTERNS[node.op_type]), node)
         for node in self.graph:
             if id(node) in self.done:
                 continue
             self.node = node
             if id(node) in self.patterns:  # the last node of a pattern: its layer
-                self.patterns.pop(id(node))()
+                self._guarded(node, self.patterns.pop(id(node)))
                 continue
             method = HANDLERS.get((_domain(node), node.op_type))
             if method is None:
                 self.refuse(f"has no cnngraph equivalent; supported: {supported()}")
-            getattr(self, method)(node)
+            self._guarded(node, getattr(self, method), node)
         self.node = None
         spec["layers"] = self.layers
         spec["outputs"] = self._outputs()
@@ -328,6 +328,19 @@ class _Importer:
         self._check(spec)
         state = {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in self.state.items()}
         return spec, state
+
+    def _guarded(self, node, fn: Callable, *args) -> None:
+        """fn(*args); an attribute or input of a type or size ONNX does not allow (a damaged or
+        hand-made file: a missing axis, a string where a number goes, a weight whose bytes do
+        not fill its shape) is one error naming the node."""
+        try:
+            fn(*args)
+        except CnnGraphError:
+            raise
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError) as exc:
+            text = " ".join(str(exc).split())[:200]
+            self.refuse(f"has attributes or inputs that are not valid ONNX ({type(exc).__name__}: "
+                        f"{text}); the file is damaged or was written by a faulty tool", node)
 
     def _live(self) -> set[int]:
         """id() of the nodes the outputs' tensors flow through. Nodes that only compute a
