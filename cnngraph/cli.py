@@ -15,7 +15,8 @@ import sys
 from .errors import CnnGraphError, one_line
 
 COMMANDS = ["zoo", "show", "ops", "train", "export", "verify", "infer", "bench", "demo",
-            "importer"]  # importer: `cnngraph import` (the module cannot be named import)
+            "importer",  # importer: `cnngraph import` (the module cannot be named import)
+            "quantize"]
 
 
 class UsageError(CnnGraphError):

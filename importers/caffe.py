@@ -41,8 +41,8 @@ from . import caffe_schema as schema
 
 log = logging.getLogger("cnngraph.import")
 
-MAX_PROTOTXT_BYTES = 16 << 20  # a prototxt: 16 MiB (the largest published ones are ~1 MiB)
-MAX_CAFFEMODEL_BYTES = (1 << 31) - 1  # protobuf's own limit on one message
+MAX_PROTOTXT_BYTES = limits.MAX_CAFFE_PROTOTXT
+MAX_CAFFEMODEL_BYTES = limits.MAX_CAFFE_MODEL
 MAX_TEXT_DEPTH = 32  # nesting of messages in a prototxt (Caffe's go 4 deep)
 
 SUPPORTED = ("Input", "Convolution", "Deconvolution", "Pooling", "InnerProduct", "ReLU", "Sigmoid",
@@ -183,11 +183,12 @@ class _Converter:
         self.blobs: dict[str, str] = {}         # Caffe blob -> spec layer (or input) holding it
         self.used: dict[str, int] = {}          # spec layer -> layers reading it
         self.names: set[str] = set()
-        self.order: list[str] = []              # blobs in the order they were first made
+        self.order: dict[str, None] = {}        # blobs in the order they were first made
         self.weights: dict[str, tuple] = {}     # Caffe layer -> (type, spec name, blob shapes)
         self.folded: dict[str, str] = {}        # batch_norm spec layer -> its Scale's Caffe layer
         self.bn_of: dict[str, str] = {}         # batch_norm spec layer -> its BatchNorm Caffe layer
         self.transform = None                   # (TransformationParameter, input names)
+        self.init: dict[str, dict] = {}         # spec layer -> meta.init rules from its fillers
         self.layer = None                       # the Caffe layer being converted
         self.spec: dict = {}
 
@@ -200,7 +201,11 @@ class _Converter:
     def run(self) -> _Converter:
         state = self.net.state
         self._net_inputs()
+        if len(self.net.layer) > limits.MAX_LAYERS:
+            raise InputError(f"{self.path}: {len(self.net.layer):,} layers, more than the "
+                             f"{limits.MAX_LAYERS:,} a spec may hold")
         included = [layer for layer in self.net.layer if self._included(layer, state)]
+        self.read_later = _later_reads(included)
         for index, layer in enumerate(included):
             self.layer = layer
             handler = getattr(self, f"_{layer.type}", None)
@@ -216,7 +221,7 @@ class _Converter:
                                 "layers)")
             if layer.HasField("transform_param") and self.transform is None:
                 self.transform = (layer.transform_param, list(layer.top[:1]))  # the data top
-            handler(layer, self._bottoms(layer), included[index + 1:])
+            handler(layer, self._bottoms(layer), index)
         self.layer = None
         if not self.inputs:
             raise self.fail("the net has no input: give an Input layer or the net-level "
@@ -268,8 +273,7 @@ class _Converter:
         if len(layer.top) <= index:
             raise self.fail("it has no top blob: name its output with `top`")
         blob = layer.top[index]
-        if blob not in self.order:
-            self.order.append(blob)
+        self.order.setdefault(blob)
         self.blobs[blob] = spec_name
 
     def _add(self, op: str, ins: list[str], attrs: dict, name: str | None = None) -> str:
@@ -340,11 +344,10 @@ class _Converter:
         name = self._name(blob)
         self.inputs[name] = [int(d) for d in dims[1:]]
         self.shapes[name] = ("N", *self.inputs[name])
-        if blob not in self.order:
-            self.order.append(blob)
+        self.order.setdefault(blob)
         self.blobs[blob] = name
 
-    def _Input(self, layer, ins, rest) -> None:  # noqa: N802 - Caffe's type names
+    def _Input(self, layer, ins, index) -> None:  # noqa: N802 - Caffe's type names
         shapes = [list(s.dim) for s in layer.input_param.shape]
         if len(shapes) not in (1, len(layer.top)):
             raise self.fail(f"{len(layer.top)} tops but {len(shapes)} shapes: give one shape, "
@@ -390,14 +393,14 @@ class _Converter:
                 "dilation": list(self._pair(p, "dilation", 1)), "groups": p.group,
                 "bias": p.bias_term}
 
-    def _Convolution(self, layer, ins, rest) -> None:  # noqa: N802
+    def _Convolution(self, layer, ins, index) -> None:  # noqa: N802
         a = self._conv_attrs(ins)
         name = self._add("conv2d", ins, a)
         c = self._shape_of(ins[0])[1]
         self._conv_weights(name, (a["out"], c // a["groups"], *a["kernel"]), a)
         self._produce(layer, name)
 
-    def _Deconvolution(self, layer, ins, rest) -> None:  # noqa: N802
+    def _Deconvolution(self, layer, ins, index) -> None:  # noqa: N802
         a = self._conv_attrs(ins)
         name = self._add("conv_transpose2d", ins, a)
         c = self._shape_of(ins[0])[1]
@@ -406,8 +409,23 @@ class _Converter:
 
     def _conv_weights(self, name, weight, a) -> None:
         self._params("conv", name, [weight] + ([(a["out"],)] if a["bias"] else []))
+        self._fillers(name, weight, self.layer.convolution_param)
 
-    def _InnerProduct(self, layer, ins, rest) -> None:  # noqa: N802
+    def _fillers(self, name: str, weight: tuple, p, defaults: dict | None = None) -> None:
+        """meta.init rules for the layer's own weight_filler/bias_filler (Caffe's fillers, so
+        a fresh network starts as Caffe would start it): constant, gaussian (mean 0), uniform
+        (symmetric), xavier and msra (their std or bound computed from the blob's fans, as
+        Caffe does: fan_in = count/num, fan_out = count/channels). Others keep the op's."""
+        rules = dict(defaults or {})
+        for param, field in (("weight", "weight_filler"), ("bias", "bias_filler")):
+            if field in p.DESCRIPTOR.fields_by_name and p.HasField(field):
+                rule = _filler_rule(getattr(p, field), weight)
+                if rule is not None:
+                    rules[param] = rule
+        if rules:
+            self.init[name] = rules
+
+    def _InnerProduct(self, layer, ins, index) -> None:  # noqa: N802
         p = layer.inner_product_param
         self._need(1, ins)
         shape = self._shape_of(ins[0])
@@ -425,10 +443,11 @@ class _Converter:
         weight = (features, p.num_output) if p.transpose else (p.num_output, features)
         self._params("linear", name, [weight] + ([(p.num_output,)] if p.bias_term else []),
                      transpose=p.transpose)
+        self._fillers(name, weight, p)
         self._produce(layer, name)
 
     # pooling and normalisation
-    def _Pooling(self, layer, ins, rest) -> None:  # noqa: N802
+    def _Pooling(self, layer, ins, index) -> None:  # noqa: N802
         p = layer.pooling_param
         self._need(1, ins)
         shape = self._shape_of(ins[0])
@@ -448,6 +467,10 @@ class _Converter:
         kernel = self._pair(p, "kernel_size", None)
         stride = self._pair(p, "stride", 1)
         pad = self._pair(p, "pad", 0)
+        if any(q > k // 2 for q, k in zip(pad, kernel)):
+            raise self.fail(f"pad {pad[0]}x{pad[1]} is more than half the {kernel[0]}x"
+                            f"{kernel[1]} window: Caffe allows it, PyTorch's and ONNX's pooling "
+                            "do not (not importable as it is)")
         ceil = p.round_mode == 0
         caffe = tuple(_caffe_pooled(n, k, s, q, ceil)
                       for n, k, s, q in zip((h, w), kernel, stride, pad))
@@ -464,7 +487,7 @@ class _Converter:
                             "without padding): not importable as it is")
         self._produce(layer, name)
 
-    def _LRN(self, layer, ins, rest) -> None:  # noqa: N802
+    def _LRN(self, layer, ins, index) -> None:  # noqa: N802
         p = layer.lrn_param
         self._need(1, ins)
         if p.local_size % 2 == 0:
@@ -479,7 +502,7 @@ class _Converter:
             "region": "within_channel" if within else "across_channels"})
         self._produce(layer, name)
 
-    def _BatchNorm(self, layer, ins, rest) -> None:  # noqa: N802
+    def _BatchNorm(self, layer, ins, index) -> None:  # noqa: N802
         p = layer.batch_norm_param
         self._need(1, ins)
         momentum = min(1.0, max(0.0, 1.0 - _f32(p.moving_average_fraction)))
@@ -489,7 +512,7 @@ class _Converter:
         self.bn_of[name] = layer.name
         self._produce(layer, name)
 
-    def _Scale(self, layer, ins, rest) -> None:  # noqa: N802
+    def _Scale(self, layer, ins, index) -> None:  # noqa: N802
         p = layer.scale_param
         if len(ins) != 1:
             raise self.fail("a Scale by a second bottom is not supported (a learned Scale, one "
@@ -504,7 +527,7 @@ class _Converter:
         src = ins[0]
         bottom = layer.bottom[0]
         if (src in self.bn_of and src not in self.folded and self.used.get(src, 0) == 0
-                and len(layer.top) and (layer.top[0] == bottom or not _read_later(rest, bottom))):
+                and len(layer.top) and (layer.top[0] == bottom or not self.read_later[index][bottom])):
             self.folded[src] = layer.name  # BatchNorm + Scale = one batch_norm
             self._params("scale", src, shapes, bias=p.bias_term)
             return self._produce(layer, src)
@@ -514,6 +537,10 @@ class _Converter:
         name = self._add("conv2d", ins, {"out": c, "kernel": 1, "groups": c,
                                          "bias": p.bias_term})
         self._params("depthwise", name, shapes, bias=p.bias_term)
+        weight = _filler_rule(p.filler, (c, 1)) if p.HasField("filler") else 1.0
+        bias = _filler_rule(p.bias_filler, (c, 1)) if p.HasField("bias_filler") else 0.0
+        self.init[name] = {"weight": 1.0 if weight is None else weight,  # Caffe: 1 and 0
+                           **({"bias": 0.0 if bias is None else bias} if p.bias_term else {})}
         self._produce(layer, name)
 
     # element-wise and structure
@@ -521,30 +548,30 @@ class _Converter:
         self._need(1, ins)
         self._produce(layer, self._add(op, ins, attrs or {}))
 
-    def _ReLU(self, layer, ins, rest) -> None:  # noqa: N802
+    def _ReLU(self, layer, ins, index) -> None:  # noqa: N802
         slope = _f32(layer.relu_param.negative_slope)
         if slope:
             return self._pointwise(layer, ins, "leaky_relu", {"negative_slope": slope})
         self._pointwise(layer, ins, "relu")
 
-    def _Sigmoid(self, layer, ins, rest) -> None:  # noqa: N802
+    def _Sigmoid(self, layer, ins, index) -> None:  # noqa: N802
         self._pointwise(layer, ins, "sigmoid")
 
-    def _TanH(self, layer, ins, rest) -> None:  # noqa: N802
+    def _TanH(self, layer, ins, index) -> None:  # noqa: N802
         self._pointwise(layer, ins, "tanh")
 
-    def _Dropout(self, layer, ins, rest) -> None:  # noqa: N802
+    def _Dropout(self, layer, ins, index) -> None:  # noqa: N802
         self._pointwise(layer, ins, "dropout", {"p": _f32(layer.dropout_param.dropout_ratio)})
 
     def _axis(self, ins, axis: int) -> int:
         rank = len(self._shape_of(ins[0]))
         return axis + rank if axis < 0 else axis
 
-    def _Softmax(self, layer, ins, rest) -> None:  # noqa: N802
+    def _Softmax(self, layer, ins, index) -> None:  # noqa: N802
         self._need(1, ins)
         self._pointwise(layer, ins, "softmax", {"axis": self._axis(ins, layer.softmax_param.axis)})
 
-    def _Flatten(self, layer, ins, rest) -> None:  # noqa: N802
+    def _Flatten(self, layer, ins, index) -> None:  # noqa: N802
         p = layer.flatten_param
         self._need(1, ins)
         rank = len(self._shape_of(ins[0]))
@@ -552,7 +579,7 @@ class _Converter:
             raise self.fail(f"end_axis {p.end_axis}: only flattening to the last axis is supported")
         self._pointwise(layer, ins, "flatten", {"start_dim": self._axis(ins, p.axis)})
 
-    def _Concat(self, layer, ins, rest) -> None:  # noqa: N802
+    def _Concat(self, layer, ins, index) -> None:  # noqa: N802
         p = layer.concat_param
         self._need(1, ins, at_least=True)
         axis = p.axis if p.HasField("axis") or not p.HasField("concat_dim") else p.concat_dim
@@ -560,7 +587,7 @@ class _Converter:
             return self._produce(layer, ins[0])
         self._produce(layer, self._add("concat", ins, {"axis": self._axis(ins, axis)}))
 
-    def _Eltwise(self, layer, ins, rest) -> None:  # noqa: N802
+    def _Eltwise(self, layer, ins, index) -> None:  # noqa: N802
         p = layer.eltwise_param
         self._need(2, ins, at_least=True)
         coeffs = [_f32(c) for c in p.coeff]
@@ -574,12 +601,12 @@ class _Converter:
             raise self.fail("coeff is for the SUM operation only (Caffe refuses it too)")
         self._produce(layer, self._add("mul" if p.operation == 0 else "max", ins, {}))
 
-    def _Split(self, layer, ins, rest) -> None:  # noqa: N802
+    def _Split(self, layer, ins, index) -> None:  # noqa: N802
         self._need(1, ins)
         for i in range(len(layer.top)):
             self._produce(layer, ins[0], i)
 
-    def _Silence(self, layer, ins, rest) -> None:  # noqa: N802
+    def _Silence(self, layer, ins, index) -> None:  # noqa: N802
         for i in ins:
             self.used[i] = self.used.get(i, 0) + 1
 
@@ -591,7 +618,7 @@ class _Converter:
             spec["input"] = inputs["input"]
         else:
             spec["inputs"] = dict(inputs)
-        meta = self._meta()
+        meta = {**self._meta(), **self._meta_init()}
         if meta:
             spec["meta"] = meta
         first_input = next(iter(inputs))
@@ -676,6 +703,30 @@ class _Converter:
             meta["channel_order"] = "BGR"
         return meta
 
+    def _meta_init(self) -> dict:
+        return {"init": {"layers": dict(self.init)}} if self.init else {}
+
+
+def _filler_rule(filler, weight: tuple):
+    """The meta.init rule of a Caffe FillerParameter for a blob of shape `weight`, or None."""
+    count = math.prod(weight)
+    fan_in, fan_out = count / weight[0], count / weight[1] if len(weight) > 1 else count
+    fan = {0: fan_in, 1: fan_out, 2: (fan_in + fan_out) / 2}.get(filler.variance_norm, fan_in)
+    kind = filler.type
+    if kind == "constant":
+        value = _f32(filler.value)
+    elif kind == "gaussian" and filler.mean == 0 and filler.sparse < 0 and filler.std > 0:
+        return {"normal": _f32(filler.std)}
+    elif kind == "uniform" and filler.min == -filler.max and filler.max > 0:
+        return {"uniform": _f32(filler.max)}
+    elif kind == "xavier" and fan > 0:
+        return {"uniform": _round(math.sqrt(3 / fan))}
+    elif kind == "msra" and fan > 0:
+        return {"normal": _round(math.sqrt(2 / fan))}
+    else:
+        return None
+    return value if abs(value) <= 1e6 else None
+
 
 def _caffe_pooled(n: int, k: int, s: int, pad: int, ceil: bool) -> int:
     """Caffe's pooled size: rounded up (CEIL) or down, and with padding one less when the last
@@ -687,14 +738,18 @@ def _caffe_pooled(n: int, k: int, s: int, pad: int, ceil: bool) -> int:
     return out
 
 
-def _read_later(rest, blob: str) -> bool:
-    """Whether a later layer reads `blob` before another layer rewrites it."""
-    for layer in rest:
-        if blob in layer.bottom:
-            return True
-        if blob in layer.top:
-            return False
-    return False
+def _later_reads(layers) -> list[dict[str, bool]]:
+    """For each layer, whether each of its bottoms is read again by a later layer before one
+    rewrites it (one backward pass)."""
+    pending: dict[str, bool] = {}  # blob -> read by the layers after this point, before a write
+    out = []
+    for layer in reversed(layers):
+        out.append({blob: pending.get(blob, False) for blob in layer.bottom})
+        for blob in layer.top:
+            pending[blob] = False
+        for blob in layer.bottom:
+            pending[blob] = True
+    return out[::-1]
 
 
 def _f32(value: float) -> float:
@@ -708,23 +763,36 @@ def _round(value: float) -> float:
 
 # --- weights --------------------------------------------------------------------------------
 def _state(converted: _Converter, caffemodel_path, seed: int) -> dict:
-    """The built network's seeded initial state, with every blob of the caffemodel in place."""
+    """The caffemodel's blobs as the built network's state_dict; what they do not give (all of
+    it without a caffemodel) from a seeded fresh initialisation, built only when needed."""
     import torch
 
     import cnngraph
 
     graph = cnngraph.load(converted.spec)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        state = {k: v.detach().clone() for k, v in cnngraph.build(graph).state_dict().items()}
-    if caffemodel_path is None:
-        return state
-    path = Path(caffemodel_path)
+    with torch.device("meta"):
+        expected = cnngraph.build(graph).state_dict()
+    state = {k: torch.zeros((), dtype=torch.long) for k in expected
+             if k.endswith("num_batches_tracked")}
+    if caffemodel_path is not None:
+        state.update(_trained(converted, Path(caffemodel_path)))
+    if set(expected) - set(state):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            fresh = cnngraph.build(graph).state_dict()
+        state = {k: state[k] if k in state else fresh[k].detach().clone() for k in expected}
+    return {k: state[k] for k in expected}
+
+
+def _trained(converted: _Converter, path: Path) -> dict:
+    """state_dict entries from the caffemodel's blobs, by layer name as Caffe matches them."""
+    import torch
+
     trained = {}
     for layer in read_caffemodel(path).layer:
         if len(layer.blobs) and layer.name not in trained:
             trained[layer.name] = layer
-    missing = []
+    state, missing = {}, []
     for caffe_name, (kind, name, shapes, extra) in converted.weights.items():
         layer = trained.get(caffe_name)
         if layer is None:
@@ -781,7 +849,8 @@ def _convert(kind: str, blobs: list[np.ndarray], extra: dict) -> dict[str, np.nd
     if kind == "batch_norm":
         mean, var, factor = blobs
         scale = 0.0 if factor[0] == 0 else 1.0 / factor[0]
-        return {"running_mean": mean * scale, "running_var": var * scale}
+        return {"running_mean": mean * scale, "running_var": var * scale,  # weight, bias:
+                "weight": np.ones_like(mean), "bias": np.zeros_like(mean)}  # a Scale's, if one
     gamma = blobs[0]
     beta = blobs[1] if extra["bias"] else None
     if kind == "scale":  # folded into the batch_norm before it

@@ -167,7 +167,7 @@ def test_freeze_unknown_path_names_close_ones(files, tmp_path, capsys):
                  "--freeze", "conv3", "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
-    assert "--freeze conv3" in err and "did you mean 'conv" in err, err
+    assert "--freeze conv3" in err and "(close: conv1, conv2" in err, err
 
 
 def test_freeze_a_block_path_covers_the_whole_block():

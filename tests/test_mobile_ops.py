@@ -138,3 +138,26 @@ def test_export_runs_on_onnxruntime_kernels(fp16, tolerance, tmp_path):
     for rows in (slice(0, 1), slice(0, 3)):
         got = session.run(None, {session.get_inputs()[0].name: x[rows]})[0]
         assert np.max(np.abs(got - expected[rows])) <= tolerance * np.max(np.abs(expected))
+
+
+@pytest.mark.parametrize("spec_value, message", [
+    ("${make_divisible(32, 0)}", "make_divisible needs a number and a divisor >= 1, got 32 and 0"),
+    ("${make_divisible('a', 8)}", "make_divisible needs a number and a divisor >= 1"),
+    ("${sum([1, [2]])}", "TypeError"),
+    ("${ceil('x')}", "TypeError"),
+])
+def test_new_expression_functions_fail_in_one_located_line(spec_value, message):
+    spec = {"name": "bad", "input": [3, 8, 8], "params": {"w": spec_value},
+            "layers": [{"name": "conv", "op": "conv2d", "out": "$w", "kernel": 1}]}
+    with pytest.raises(cnngraph.SpecError) as caught:
+        cnngraph.load(spec)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_uniform_init_rule():
+    spec = {**NET, "meta": {"init": {"linear": {"weight": {"uniform": 0.25}, "bias": 0}}}}
+    torch.manual_seed(0)
+    fc = cnngraph.build(cnngraph.load(spec)).fc.weight.detach()
+    assert 0.24 < float(fc.abs().max()) <= 0.25
+    with pytest.raises(cnngraph.SpecError, match="the std must be a number"):
+        cnngraph.load({**NET, "meta": {"init": {"linear": {"weight": {"uniform": -1}}}}})

@@ -30,6 +30,11 @@ PARAMS = {
     "resnet50": 25_557_032,
     "resnet101": 44_549_160,
     "resnet152": 60_192_808,
+    "resnext50_32x4d": 25_028_904,
+    "resnext101_32x8d": 88_791_336,
+    "resnext101_64x4d": 83_455_272,
+    "wide_resnet50_2": 68_883_240,
+    "wide_resnet101_2": 126_886_696,
     "densenet121": 7_978_856,
     "densenet161": 28_681_000,
     "densenet169": 14_149_480,
@@ -49,6 +54,28 @@ PARAMS = {
     "mnasnet0_75": 3_170_208,
     "mnasnet1_0": 4_383_312,
     "mnasnet1_3": 6_282_256,
+    "squeezenet1_0": 1_248_424,
+    "squeezenet1_1": 1_235_496,
+    "shufflenet_v2_x0_5": 1_366_792,
+    "shufflenet_v2_x1_0": 2_278_604,
+    "shufflenet_v2_x1_5": 3_503_624,
+    "shufflenet_v2_x2_0": 7_393_996,
+    "regnet_x_400mf": 5_495_976,
+    "regnet_x_800mf": 7_259_656,
+    "regnet_x_1_6gf": 9_190_136,
+    "regnet_x_3_2gf": 15_296_552,
+    "regnet_x_8gf": 39_572_648,
+    "regnet_x_16gf": 54_278_536,
+    "regnet_y_400mf": 4_344_144,
+    "regnet_y_800mf": 6_432_512,
+    "regnet_y_1_6gf": 11_202_430,
+    "regnet_y_3_2gf": 19_436_338,
+    "regnet_y_8gf": 39_381_472,
+    "regnet_y_16gf": 83_590_140,
+    "convnext_tiny": 28_589_128,
+    "convnext_small": 50_223_688,
+    "convnext_base": 88_591_464,
+    "convnext_large": 197_767_336,
     # The glyph nets, counted by hand (conv: out*in*k*k [+ out bias]; BN: 2*C; linear: in*out+out;
     # deformable: its conv + an offset conv with 2*k*k (v1) or 3*k*k (v2, with mask) outputs
     # and bias; gated: two convs).
@@ -74,7 +101,9 @@ TRAIN_PARAMS = {"googlenet": 13_004_888, "inception_v3": 27_161_264}
 
 # torchvision's published GFLOPS (multiply-accumulates) of the inference model.
 GMACS = {"alexnet_tv": 0.71, "resnet18": 1.81, "resnet50": 4.09, "vgg16": 15.47,
-         "googlenet": 1.50, "densenet121": 2.83, "inception_v3": 5.71}
+         "googlenet": 1.50, "densenet121": 2.83, "inception_v3": 5.71,
+         "resnext50_32x4d": 4.23, "resnext101_32x8d": 16.41, "resnext101_64x4d": 15.46,
+         "wide_resnet50_2": 11.40, "wide_resnet101_2": 22.75}
 # The mobile families' `_ops` (each variant at its own eval resolution), to within 1 %: they count
 # convolutions (squeeze-and-excitation's 1x1 ones included) and linear layers, not the
 # activations, the excitation's multiplication or the residual adds, as cnngraph does.
@@ -83,6 +112,20 @@ GMACS_1PCT = {"mobilenet_v2": 0.301, "mobilenet_v3_large": 0.217, "mobilenet_v3_
               "efficientnet_b3": 1.827, "efficientnet_b4": 4.394, "efficientnet_b5": 10.266,
               "efficientnet_b6": 19.068, "efficientnet_b7": 37.746, "mnasnet0_5": 0.104,
               "mnasnet0_75": 0.215, "mnasnet1_0": 0.314, "mnasnet1_3": 0.526}
+
+# The same, as the weight enums' meta["_ops"] state them (rounded to 3 decimals) for the families
+# of issue 12: our count, rounded the same way, must give the very same figure.
+PUBLISHED_GMACS = {
+    "squeezenet1_0": 0.819, "squeezenet1_1": 0.349,
+    "shufflenet_v2_x0_5": 0.04, "shufflenet_v2_x1_0": 0.145, "shufflenet_v2_x1_5": 0.296,
+    "shufflenet_v2_x2_0": 0.583,
+    "regnet_x_400mf": 0.414, "regnet_x_800mf": 0.8, "regnet_x_1_6gf": 1.603,
+    "regnet_x_3_2gf": 3.177, "regnet_x_8gf": 7.995, "regnet_x_16gf": 15.941,
+    "regnet_y_400mf": 0.402, "regnet_y_800mf": 0.834, "regnet_y_1_6gf": 1.612,
+    "regnet_y_3_2gf": 3.176, "regnet_y_8gf": 8.473, "regnet_y_16gf": 15.912,
+    "convnext_tiny": 4.456, "convnext_small": 8.684, "convnext_base": 15.355,
+    "convnext_large": 34.361,
+}
 
 # Output name -> (shape without batch, phase, loss weight) of the multi-output nets.
 HEADS = {
@@ -112,6 +155,11 @@ def test_params_match_published_counts(name):
 @pytest.mark.parametrize("name", sorted(GMACS))
 def test_macs_match_torchvision_gflops(name):
     assert inference_macs(cnngraph.load(name)) / 1e9 == pytest.approx(GMACS[name], rel=0.02)
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_GMACS))
+def test_macs_round_to_torchvision_published_ops(name):
+    assert round(inference_macs(cnngraph.load(name)) / 1e9, 3) == PUBLISHED_GMACS[name]
 
 
 @pytest.mark.parametrize("name", sorted(GMACS_1PCT))
@@ -146,6 +194,21 @@ def test_alexnet_receptive_field():
     assert {n: graph[n].stats["receptive_field"][0] for n in expected} == expected
     assert graph["pool5"].stats["jump"] == (32, 32)
     assert graph["pool5"].shape == ("N", 256, 6, 6)
+
+
+def test_shufflenet_and_convnext_receptive_fields():
+    # shufflenet_v2: conv1 3/2 -> 3 (jump 2); maxpool 3/2 -> 7 (4); each unit's depthwise 3x3
+    # adds 2 jumps, the first of a stage before doubling it: stage2 7+8 = 15 (8) +3*16 = 63,
+    # stage3 +16 = 79 (16) +7*32 = 303, stage4 +32 = 335 (32) +3*64 = 527
+    graph = cnngraph.load("shufflenet_v2_x1_0")
+    assert graph["conv5"].stats["receptive_field"] == (527, 527)
+    assert graph["conv5"].stats["jump"] == (32, 32)
+    # convnext_tiny: stem 4/4 -> 4 (4); a block's 7x7 adds 6 jumps, a 2/2 downsampling 1:
+    # 4+3*24 = 76, +4 = 80 (8), +3*48 = 224, +8 = 232 (16), +9*96 = 1096, +16 = 1112 (32),
+    # +3*192 = 1688
+    graph = cnngraph.load("convnext_tiny")
+    last = graph["stage4.block.2.add"]
+    assert last.shape == ("N", 768, 7, 7) and last.stats["receptive_field"] == (1688, 1688)
 
 
 def test_encoder_decoder_keeps_per_pixel_scores():

@@ -9,10 +9,10 @@ comes from the weights."""
 from __future__ import annotations
 
 import copy
+from difflib import get_close_matches
 from pathlib import Path
 
 from ..errors import CnnGraphError, SpecError
-from ..expand import suggest
 from ..graph import Graph
 
 
@@ -149,9 +149,11 @@ def frozen_layers(graph: Graph, layer: str) -> list[str]:
     if not hits:
         paths = set(order) | {".".join(n.split(".")[:d]) for n in order
                               for d in range(1, n.count(".") + 1)}
+        near = get_close_matches(layer, sorted(paths), n=3, cutoff=0.5)
+        close = f" (close: {', '.join(near)})" if near else ""
         raise CnnGraphError(f"--freeze {layer}: no layer or block of '{graph.name}' has this "
-                            f"path{suggest(layer, sorted(paths))}; `cnngraph show "
-                            f"{graph.source or graph.name}` lists them")
+                            f"path{close}; `cnngraph show {graph.source or graph.name}` lists "
+                            "them")
     return order[:max(hits) + 1]
 
 

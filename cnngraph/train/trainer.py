@@ -292,6 +292,8 @@ def train(spec_or_graph, data: str | Dataset | None = None, *, out: str | Path |
                         "it with your own PyTorch loop on cnngraph.build(graph)")
     if data is not None:
         options["data"] = data.source if isinstance(data, Dataset) else str(data)
+    if isinstance(options.get("weights"), os.PathLike):
+        options["weights"] = str(options["weights"])
     device = _device(TrainConfig(device=options.get("device") or "auto"))
     ddp = _distributed(device)
     try:
@@ -357,11 +359,18 @@ def _start(model, base: Graph, graph: Graph, config: TrainConfig, info: dict, st
     return frozen
 
 
+def _bgr(graph: Graph) -> bool:
+    """Whether the network takes its 3 channels in BGR order (a Caffe import)."""
+    return graph.meta.get("channel_order") == "BGR" and graph.input_shape[:1] == (3,)
+
+
 def _info(graph: Graph, dataset: Dataset, config: TrainConfig) -> dict:
     """What the run's model needs besides its weights. Starting from weights, the input is
     normalised as the network declares (meta.normalize, what the weights were trained with)
     when it does; else by the training set's statistics."""
     mean, std = channel_stats(dataset.x_train, dataset.pixel_scale, graph.input_shape)
+    if _bgr(graph):  # the statistics of the channels as the network gets them
+        mean, std = mean[::-1], std[::-1]
     declared = graph.normalization(graph.inputs[0].name) if config.weights else None
     if declared:
         channels = graph.input_shape[0]
@@ -447,6 +456,7 @@ class _Loop:
         self.y_train = torch.from_numpy(dataset.y_train)
         self.x_val, self.y_val = torch.from_numpy(dataset.x_val), torch.from_numpy(dataset.y_val)
         self.scale, self.input_shape = info["pixel_scale"], graph.input_shape
+        self.bgr = _bgr(graph)
         self.mean = torch.tensor(info["normalize"]["mean"]).view(1, -1, 1, 1)
         self.std = torch.tensor(info["normalize"]["std"]).view(1, -1, 1, 1)
         self.rank_batch = config.batch_size // ddp.world
@@ -467,7 +477,10 @@ class _Loop:
 
     # --- batches --------------------------------------------------------------------------
     def _inputs(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        x = (to_input(x.float(), self.input_shape) * self.scale - self.mean) / self.std
+        x = to_input(x.float(), self.input_shape) * self.scale
+        if self.bgr:  # datasets decode to RGB; the network takes BGR (meta.channel_order)
+            x = x.flip(1)
+        x = (x - self.mean) / self.std
         if generator is not None and self.config.augment:
             x = augment(x, self.config.augment, generator)
         x = x.to(self.device, non_blocking=True)

@@ -1,0 +1,330 @@
+"""Weights from elsewhere: a state_dict named by cnngraph or by another library (torchvision),
+renamed to the keys `cnngraph.build(graph)` has.
+
+How another library names a family's weights is data, declared once in the family's spec under
+`meta.naming` (docs/SPEC.md, docs/pretrained.md): an ordered list of rules that turn each of
+our layer paths into that library's module path. Two kinds of rule cover torchvision:
+
+    - {rename: REGEX, to: TEMPLATE}   # the first match in the path is replaced by TEMPLATE,
+                                      # where {N} is group N and {N+K} / {N-K} its number +- K;
+                                      # key: true renames whole keys, after the path rules
+    - {sequential: SCOPE}             # the children of each scope SCOPE (a regex matching a
+                                      # whole path prefix) are numbered 0, 1, ... in graph order,
+                                      # parameter-free layers counted, as nn.Sequential does;
+                                      # flat: true numbers every layer under it instead;
+                                      # skip: [op, ...] leaves layers of those ops uncounted
+
+A checkpoint's naming is recognised from its keys: the naming (cnngraph's own or a declared one)
+that matches most keys wins, and must then match every key with the right shape.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import ExportError, SpecError
+from .graph import Graph
+
+OWN = "cnngraph"
+IGNORED = "num_batches_tracked"  # BatchNorm's step counter: taken when present, else ours
+MAX_PATTERN = 300  # characters of one rule's regex or template
+SHOWN = 4  # keys named per kind in a mismatch message
+_FIELD = re.compile(r"\{(\d+)([+-]\d+)?\}")
+
+
+class WeightsError(ExportError):
+    """Weights that fit the network under none of its namings (or cannot be read)."""
+
+
+class Imported(dict):
+    """The state_dict `import_weights` returns, with what it matched: `naming` (e.g.
+    "torchvision"), `matched` (tensors taken from the source), `reshaped` (keys whose tensor
+    was reshaped, e.g. a Linear's (out, in) into a 1x1 convolution's (out, in, 1, 1)), `kept`
+    (keys not in the source, left at the fresh module's values: batch norm step counters,
+    `ignore`d layers, auxiliary heads (layers only training-only outputs use) that a model saved
+    for inference lacks), `normalize` (the input normalisation the naming declares, or None) and
+    `alike` (the other namings under which the keys are the same)."""
+
+    naming: str = OWN
+    matched: int = 0
+    reshaped: list
+    kept: list
+    alike: list
+    normalize: dict | None = None
+
+    def summary(self) -> str:
+        text = f"naming {self.naming}, {self.matched} tensors matched"
+        if self.alike:
+            text += f" (the keys are {', '.join(self.alike)}'s too: choose with naming=)"
+        if self.reshaped:
+            text += f", {len(self.reshaped)} reshaped"
+        if self.kept:
+            text += f", {len(self.kept)} kept from a fresh build ({_first(self.kept)})"
+        if self.normalize:
+            text += f", input normalisation mean {self.normalize['mean']} std {self.normalize['std']}"
+        return text
+
+
+def import_weights(graph: Graph, source: str | Path | Mapping[str, torch.Tensor], *,
+                   naming: str | None = None, ignore: Iterable[str] = (),
+                   update_meta: bool = True) -> Imported:
+    """A state_dict that `cnngraph.build(graph).load_state_dict(...)` takes strictly, from
+    `source`: a .safetensors file, a torch.save'd state_dict (.pth/.pt, read with
+    weights_only: nothing in it runs) or a mapping of names to tensors, named by cnngraph or by a
+    naming the family declares (`meta.naming`), recognised from the keys unless `naming` names
+    it (needed where the names are alike but the normalisation is not: torchvision's
+    inception_v3). `ignore`: layer paths (or their prefixes, e.g.
+    the head to re-initialise) whose weights are neither required nor taken. Where the naming
+    declares an input normalisation (torchvision's googlenet normalises inside), it becomes
+    graph.meta["normalize"] unless `update_meta` is False. A WeightsError (one line) names the
+    unmatched, missing and mis-shaped keys of the closest naming."""
+    what = str(source) if isinstance(source, (str, Path)) else "the state_dict"
+    state = read(source) if isinstance(source, (str, Path)) else _checked(source, what)
+    if state and all(k.startswith("module.") for k in state):  # saved from a DataParallel
+        state = {k[len("module."):]: v for k, v in state.items()}
+    ignored = tuple(ignore)
+    expected = _shapes(graph)
+    namings = {OWN: {k: k for k in expected}}
+    declared = namings_of(graph)
+    for name, entry in declared.items():
+        keys = rename_keys(graph, entry["rules"], list(expected), f"meta.naming.{name}")
+        namings[name] = {theirs: ours for ours, theirs in keys.items()}
+    if naming is not None and naming not in namings:
+        raise WeightsError(f"naming {naming!r}: '{graph.name}' knows {', '.join(namings)} "
+                           "(its spec declares the others under meta.naming)")
+    name = naming or max(namings, key=lambda n: (len(state.keys() & namings[n].keys()), n == OWN))
+    mapping = namings[name]
+    out = Imported()
+    out.naming, out.reshaped, out.kept = name, [], []
+    out.alike = [n for n in namings if n != name and namings[n].keys() == mapping.keys()]
+    unmatched = [k for k in state if k not in mapping]
+    missing, wrong = [], []
+    train_only = set(graph.nodes) - graph.ancestors([o.node for o in graph.active_outputs(False)])
+    for theirs, ours in mapping.items():
+        if any(ours.startswith(p + ".") for p in ignored):
+            continue  # neither required nor taken: kept below
+        if theirs not in state:
+            if ours.endswith(IGNORED) or _layer(ours, graph.nodes) in train_only:
+                out.kept.append(ours)  # a counter, or an aux head a saved inference model lacks
+            else:
+                missing.append(theirs)
+            continue
+        tensor, shape = state[theirs], tuple(expected[ours].shape)
+        if tuple(tensor.shape) != shape:
+            if _squeezed(tensor.shape) == _squeezed(shape):
+                tensor = tensor.reshape(shape)
+                out.reshaped.append(ours)
+            else:
+                wrong.append(f"{theirs} {tuple(tensor.shape)} (expected {shape})")
+                continue
+        out[ours] = tensor
+    if unmatched or missing or wrong:
+        raise WeightsError(_mismatch(graph, what, name, len(state), unmatched, missing, wrong,
+                                     list(namings)))
+    left = [key for key in expected if key not in out]
+    if left:
+        fresh = _fresh(graph) if any(not k.endswith(IGNORED) for k in left) else {}
+        for key in left:
+            out[key] = fresh[key] if fresh else torch.zeros((), dtype=torch.long)
+            if key not in out.kept:
+                out.kept.append(key)
+    out.matched = len(out) - len(out.kept)
+    normalize = declared.get(name, {}).get("normalize")
+    out.normalize = normalize
+    if normalize and update_meta:
+        graph.meta["normalize"] = normalize
+        if isinstance(graph.spec.get("meta"), dict):
+            graph.spec["meta"] = {**graph.spec["meta"], "normalize": normalize}
+    return out
+
+
+def read(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state_dict in a .safetensors or torch file (files.read_weights: nothing in it runs,
+    NaN/inf refused); a training checkpoint holding it under 'state_dict' or 'model' (as
+    torchvision's reference scripts save) is unwrapped."""
+    from .files import read_weights
+
+    try:
+        return read_weights(Path(path))
+    except ExportError as exc:
+        if "it holds a dict under" not in str(exc):
+            raise WeightsError(str(exc)) from None
+    from .files import WEIGHT_FORMATS, load_torch
+
+    loaded = load_torch(Path(path), WeightsError, "weights", WEIGHT_FORMATS)
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(loaded.get(key), Mapping):
+            return _checked(loaded[key], f"{path} (its {key!r})")
+    raise WeightsError(f"{path}: expected a state_dict (names -> tensors), or a checkpoint "
+                       "holding one under 'state_dict' or 'model'")
+
+
+def namings_of(graph: Graph) -> dict[str, dict[str, Any]]:
+    """The family's declared namings, {name: {rules, normalize}}, checked (SpecError)."""
+    naming = graph.meta.get("naming") or {}
+    where = graph.source or graph.name
+    if not isinstance(naming, Mapping):
+        raise SpecError("`meta.naming` must map a naming's name to {rules: [...]} "
+                        "(docs/pretrained.md)", file=where)
+    out = {}
+    for name, entry in naming.items():
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("rules", []), list) \
+                or set(entry) - {"rules", "normalize"}:
+            raise SpecError(f"`meta.naming.{name}` must be {{rules: [...], normalize: "
+                            "{mean, std} (optional)}} (docs/pretrained.md)", file=where)
+        out[str(name)] = {"rules": entry.get("rules") or [], "normalize": entry.get("normalize")}
+    return out
+
+
+def rename_keys(graph: Graph, rules: list, keys: list[str],
+                where: str = "meta.naming") -> dict[str, str]:
+    """Our state_dict key -> the other library's: each key's layer path renamed by the path
+    rules, the parameter name appended, then the `key: true` renames applied to the whole key."""
+    paths = rename_paths(graph, rules, where)
+    out = {}
+    for key in keys:
+        layer = _layer(key, paths)
+        out[key] = paths.get(layer, layer) + key[len(layer):]
+    for i, rule in enumerate(rules):
+        if isinstance(rule, Mapping) and rule.get("key"):
+            rename = _renamer(rule, f"{where}.rules[{i}]", graph)
+            out = {ours: rename(theirs) for ours, theirs in out.items()}
+    return out
+
+
+def rename_paths(graph: Graph, rules: list, where: str = "meta.naming") -> dict[str, str]:
+    """Our layer path -> the other library's module path, for every layer (inputs aside), by
+    the rules other than the `key: true` renames."""
+    nodes = [n for n in graph if n.op != "input"]
+    paths = [n.name for n in nodes]
+    for i, rule in enumerate(rules):
+        place = f"{where}.rules[{i}]"
+        if not isinstance(rule, Mapping):
+            raise SpecError(f"`{place}` must be {{rename: REGEX, to: TEMPLATE}} or "
+                            "{sequential: SCOPE}", file=graph.source)
+        if "rename" in rule and set(rule) <= {"rename", "to", "key"}:
+            rename = _renamer(rule, place, graph)
+            if not rule.get("key"):
+                paths = [rename(p) for p in paths]
+        elif "sequential" in rule and set(rule) <= {"sequential", "flat", "skip"}:
+            scope = _regex(rule["sequential"], place, graph)
+            skip = set(rule.get("skip") or ())
+            paths = _number(paths, [n.op for n in nodes], scope, bool(rule.get("flat")), skip)
+        else:
+            raise SpecError(f"`{place}` has keys {sorted(rule)}: a rule is {{rename: REGEX, "
+                            "to: TEMPLATE}} or {sequential: SCOPE, flat: bool, skip: [op]} "
+                            "(docs/pretrained.md)", file=graph.source)
+    return dict(zip((n.name for n in nodes), paths))
+
+
+def _number(paths: list[str], ops: list[str], scope: re.Pattern, flat: bool,
+            skip: set[str]) -> list[str]:
+    """nn.Sequential's numbering of the children (or, flat, of the layers) of each scope."""
+    counters: dict[str, dict[str, int]] = {}
+    out = []
+    for path, op in zip(paths, ops):
+        parts = path.split(".")
+        k = next((k for k in range(1, len(parts)) if scope.fullmatch(".".join(parts[:k]))), None)
+        if k is None or op in skip:
+            out.append(path)
+            continue
+        prefix = ".".join(parts[:k])
+        child = ".".join(parts[k:]) if flat else parts[k]
+        numbers = counters.setdefault(prefix, {})
+        number = numbers.setdefault(child, len(numbers))
+        rest = [] if flat else parts[k + 1:]
+        out.append(".".join([prefix, str(number), *rest]))
+    return out
+
+
+def _layer(key: str, layers) -> str:
+    """The layer path of a state_dict key: its longest prefix that is a layer."""
+    layer = key
+    while layer not in layers and "." in layer:
+        layer = layer.rsplit(".", 1)[0]
+    return layer
+
+
+def _renamer(rule: Mapping, place: str, graph: Graph):
+    pattern, template = _regex(rule["rename"], place, graph), rule.get("to")
+    if not isinstance(template, str) or len(template) > MAX_PATTERN:
+        raise SpecError(f"`{place}.to` must be a text of at most {MAX_PATTERN} characters",
+                        file=graph.source)
+    return lambda path: pattern.sub(lambda m: _fill(template, m, place, graph), path, count=1)
+
+
+def _regex(pattern: Any, place: str, graph: Graph) -> re.Pattern:
+    if not isinstance(pattern, str) or len(pattern) > MAX_PATTERN:
+        raise SpecError(f"`{place}` needs a regular expression of at most {MAX_PATTERN} "
+                        "characters", file=graph.source)
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise SpecError(f"`{place}`: {pattern!r} is not a regular expression ({exc})",
+                        file=graph.source) from None
+
+
+def _fill(template: str, match: re.Match, place: str, graph: Graph) -> str:
+    """TEMPLATE with {N} -> group N and {N+K} / {N-K} -> int(group N) +- K."""
+    def field(f: re.Match) -> str:
+        group = int(f.group(1))
+        if group > (match.re.groups or 0):
+            raise SpecError(f"`{place}.to` names group {{{group}}}, but the regex has "
+                            f"{match.re.groups}", file=graph.source)
+        text = match.group(group) or ""
+        if f.group(2) is None:
+            return text
+        if not text.isdigit():
+            raise SpecError(f"`{place}.to`: {{{f.group(1)}{f.group(2)}}} needs a number, but "
+                            f"group {group} is {text!r}", file=graph.source)
+        return str(int(text) + int(f.group(2)))
+    return _FIELD.sub(field, template)
+
+
+def _shapes(graph: Graph) -> dict[str, torch.Tensor]:
+    """The state_dict of `cnngraph.build(graph)` on the meta device: keys and shapes, no memory."""
+    from .torch_build import build
+
+    with torch.device("meta"):
+        return build(graph).state_dict()
+
+
+def _fresh(graph: Graph) -> dict[str, torch.Tensor]:
+    """The state_dict of a fresh `cnngraph.build(graph)` (seeded, so a kept key is the same on
+    every call)."""
+    from .torch_build import build
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return build(graph).state_dict()
+
+
+def _checked(state: Any, what: str) -> dict[str, torch.Tensor]:
+    if not isinstance(state, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise WeightsError(f"{what}: expected a state_dict (names -> tensors)")
+    return dict(state)
+
+
+def _squeezed(shape) -> tuple:
+    return tuple(d for d in shape if d != 1)
+
+
+def _first(keys: list[str]) -> str:
+    return ", ".join(keys[:SHOWN]) + (f" and {len(keys) - SHOWN} more" if len(keys) > SHOWN else "")
+
+
+def _mismatch(graph: Graph, what: str, naming: str, total: int, unmatched: list, missing: list,
+              wrong: list, namings: list[str]) -> str:
+    parts = [f"{len(keys)} {label} ({_first(keys)})" for label, keys in
+             (("unmatched in the file", unmatched), ("missing", missing), ("mis-shaped", wrong))
+             if keys]
+    return (f"{what} fits '{graph.name}' under none of its namings "
+            f"({', '.join(namings)}); closest is {naming}, with {total - len(unmatched)} of "
+            f"{total} keys named alike: " + "; ".join(parts) + ". Use a checkpoint of this network "
+            "(the same variant and number of classes), or leave out the layers to "
+            "re-initialise (import_weights(..., ignore=[the head]))")
