@@ -14,7 +14,9 @@ import sys
 
 from .errors import CnnGraphError, one_line
 
-COMMANDS = ["zoo", "show", "ops", "train", "export", "verify", "infer", "bench", "demo", "weights"]
+COMMANDS = ["zoo", "show", "ops", "train", "export", "verify", "infer", "bench", "demo",
+            "importer",  # importer: `cnngraph import` (the module cannot be named import)
+            "quantize", "weights"]
 
 
 class UsageError(CnnGraphError):

@@ -11,7 +11,7 @@ from typing import Any
 from . import init, zoo
 from .analysis import analyse
 from .errors import InputError, SpecError
-from .expand import expand
+from .expand import expand, suggest
 from .graph import Graph
 from .limits import describe
 from .spec import SUFFIXES, Source, SpecBuilder, read
@@ -160,6 +160,14 @@ def check_meta(graph: Graph, source: Source) -> None:
                            f"{describe(normalize)}", meta, "normalize")
             _check_normalize(normalize, next(iter(channels.values())), "meta.normalize",
                              lambda message, key: fail(message, normalize, key))
+    if "channel_order" in meta:
+        order = meta["channel_order"]
+        if order not in ("RGB", "BGR"):
+            raise fail(f"`meta.channel_order` must be RGB or BGR (the order of an image "
+                       f"input's 3 channels), got {describe(order)}", meta, "channel_order")
+        if not any(n.shape[1:2] == (3,) and len(n.shape) == 4 for n in graph.inputs):
+            raise fail("`meta.channel_order` is for 3-channel image inputs, and this network "
+                       "has none: remove it", meta, "channel_order")
     if "init" in meta:
         init.check(meta, graph, fail)
     if "classes" in meta:
@@ -172,6 +180,28 @@ def check_meta(graph: Graph, source: Source) -> None:
             main = graph.active_outputs(False)[0].name
             raise fail(f"`meta.classes` has {len(classes)} names but the output '{main}' has "
                        f"{width} classes: give {width} names", meta, "classes")
+    if "head" in meta:
+        _check_head(graph, meta, fail)
+
+
+def _check_head(graph: Graph, meta: dict, fail) -> None:
+    """`meta.head` lists the classifier layers that fine-tuning re-sizes: each a layer path
+    with an `out` width equal to the main output's classes."""
+    head = meta["head"]
+    if not isinstance(head, list) or not head or not all(isinstance(h, str) for h in head):
+        raise fail(f"`meta.head` must be a non-empty list of layer paths, got {describe(head)}:"
+                   " write e.g. `head: [fc]`", meta, "head")
+    width = graph.num_classes
+    for path in head:
+        node = graph.nodes.get(path)
+        if node is None:
+            raise fail(f"`meta.head` names '{path}', which is not a layer"
+                       f"{suggest(path, graph.nodes)}: give full layer paths (e.g. aux1.fc2)",
+                       meta, "head")
+        if "out" not in node.attrs or (width is not None and node.shape[1] != width):
+            raise fail(f"`meta.head` layer '{path}' ({node.op}) must give the {width} class "
+                       "scores with its `out` width: name the classifier layers only",
+                       meta, "head")
 
 
 def _check_normalize(entry: dict, channels: int, where: str, fail) -> None:

@@ -2,12 +2,14 @@
 
 An expression is parsed with Python's `ast` and walked here over a whitelist of node kinds
 (numbers, strings, lists, names, arithmetic, comparisons, boolean logic, conditionals,
-subscripts and the functions min, max, int, len); anything else is refused. `eval` is never
+subscripts and the functions min, max, int, len, sum, ceil and make_divisible); anything else
+is refused. `eval` is never
 called, so a spec from anywhere is safe to load.
 """
 from __future__ import annotations
 
 import ast
+import math
 import operator
 import re
 from typing import Any, Mapping
@@ -31,7 +33,20 @@ def _int(value: Any, *base: Any) -> int:
     return int(value, *base)
 
 
-FUNCTIONS = {"min": min, "max": max, "int": _int, "len": len}
+def make_divisible(value: Any, divisor: Any) -> int:
+    """A channel count as MobileNet, EfficientNet and MnasNet round one (TF-slim's rule, kept by
+    torchvision): the nearest multiple of `divisor`, at least `divisor`, and never more than
+    10% below `value` (else one `divisor` more)."""
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (value, divisor)) \
+            or divisor < 1:
+        raise ExprError(f"make_divisible needs a number and a divisor >= 1, got "
+                        f"{describe(value)} and {describe(divisor)}")
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+FUNCTIONS = {"min": min, "max": max, "int": _int, "len": len, "sum": sum, "ceil": math.ceil,
+             "make_divisible": make_divisible}
 BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
           ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod,
           ast.Pow: operator.pow}
@@ -206,4 +221,5 @@ def _eval(node: ast.AST, env: Mapping[str, Any]) -> Any:
             and node.func.id in FUNCTIONS and not node.keywords):
         return _checked(FUNCTIONS[node.func.id](*(_eval(a, env) for a in node.args)))
     raise ExprError(f"'{ast.unparse(node)}' is not allowed (numbers, strings, lists, parameters, arithmetic, "
-                    "comparisons, and/or/not, a if c else b, x[i], min max int len)")
+                    "comparisons, and/or/not, a if c else b, x[i], min max int len sum ceil "
+                    "make_divisible)")

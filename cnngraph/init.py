@@ -10,7 +10,7 @@ densenet121 gives logits near 1e7).
       layers: {"AuxLogits.fc": {weight: {trunc_normal: 0.001}}}   # by layer path, fnmatch
 
 A rule is a number (a constant), a scheme name (`kaiming_normal_fan_in`, `kaiming_normal_fan_out`,
-`pytorch`) or a one-key mapping (`{normal: STD}`, `{trunc_normal: STD}`). `check` is the
+`kaiming_uniform_fan_in`, `pytorch`) or a one-key mapping (`{normal: STD}`, `{trunc_normal: STD}`, `{uniform: BOUND}`). `check` is the
 checker's half (no torch); `apply` the builder's.
 """
 from __future__ import annotations
@@ -24,9 +24,11 @@ PARAMS = ("weight", "bias")
 NAMED = {  # scheme -> what it draws from (fan: that of the layer's weight)
     "kaiming_normal_fan_in": "normal(0, sqrt(2 / fan_in))",
     "kaiming_normal_fan_out": "normal(0, sqrt(2 / fan_out))",
+    "kaiming_uniform_fan_in": "uniform(-sqrt(6 / fan_in), sqrt(6 / fan_in)), SqueezeNet's",
     "pytorch": "uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)), PyTorch's own default",
 }
-WITH_STD = ("normal", "trunc_normal")  # normal(0, STD); trunc_normal cut to [-2, 2]
+WITH_STD = ("normal", "trunc_normal", "uniform")  # normal(0, STD); trunc_normal cut to [-2, 2];
+# uniform(-STD, STD): EfficientNet's and MnasNet's classifiers
 TRUNCATE = 2.0
 LIMIT = 1e6  # the largest constant or std accepted
 
@@ -106,7 +108,8 @@ def _check_rules(rules: Any, kind: str, where: str, parent: dict, key: Any, fail
             raise fail(f"{text}: the std must be a number in (0, {LIMIT:g}], got {_show(std)}",
                        rules, param)
         raise fail(f"{text}: unknown rule {_show(rule)}: give a number, one of "
-                   f"{', '.join(NAMED)}, or {{normal: STD}} / {{trunc_normal: STD}}", rules, param)
+                   f"{', '.join(NAMED)}, or {{normal: STD}} / {{trunc_normal: STD}} / "
+                   "{uniform: BOUND}", rules, param)
 
 
 def rules_for(init: dict, node) -> dict:
@@ -152,12 +155,17 @@ def _fill(tensor, rule, weight) -> None:
         (name, std), = rule.items()
         if name == "normal":
             nn.init.normal_(tensor, 0.0, float(std))
+        elif name == "uniform":
+            nn.init.uniform_(tensor, -float(std), float(std))
         else:
             nn.init.trunc_normal_(tensor, 0.0, float(std), -TRUNCATE, TRUNCATE)
         return
     fan_in, fan_out = _fans(weight)
     if rule == "pytorch":
         bound = 1.0 / math.sqrt(fan_in)
+        nn.init.uniform_(tensor, -bound, bound)
+    elif rule == "kaiming_uniform_fan_in":
+        bound = math.sqrt(6.0 / fan_in)
         nn.init.uniform_(tensor, -bound, bound)
     else:
         fan = fan_in if rule == "kaiming_normal_fan_in" else fan_out

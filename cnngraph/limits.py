@@ -28,6 +28,8 @@ MAX_DIM = 2**31 - 1  # one dimension of a tensor (channels, features, height, wi
 MAX_NUMEL = 2**32  # elements of one sample of a layer's output, and parameters of a layer
 MAX_FIELD = 2**53  # receptive field and jump saturate here (exact in a float)
 MAX_FLOAT = 3.4028234663852886e38  # |x| of a float attribute: networks compute in float32
+MAX_CAFFE_PROTOTXT = 16 << 20  # a Caffe prototxt to import: 16 MiB (published ones: ~1 MiB)
+MAX_CAFFE_MODEL = (1 << 31) - 1  # a .caffemodel: protobuf's own limit on one message
 
 
 class LimitError(ValueError):

@@ -40,11 +40,15 @@ def _bypass(graph: Graph, name: str, replacement: str) -> None:
             output.node = replacement
 
 
+TRAINING_ONLY = ("dropout", "stochastic_depth")  # the identity at inference
+
+
 def remove_dropout(graph: Graph) -> Graph:
-    """Every dropout removed (the identity at inference), its consumers reading its input."""
+    """Every dropout and stochastic depth removed (the identity at inference), its consumers
+    reading its input."""
     result = graph.copy()
     for node in list(result):
-        if node.op == "dropout":
+        if node.op in TRAINING_ONLY:
             _bypass(result, node.name, node.inputs[0])
     return annotate(result)
 

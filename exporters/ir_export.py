@@ -181,6 +181,8 @@ def metadata(graph: Graph) -> dict[str, str]:
         props["cnngraph.input_shape"] = json.dumps(only["shape"])
         if "mean" in only:
             props["cnngraph.normalize"] = json.dumps({"mean": only["mean"], "std": only["std"]})
+    if graph.meta.get("channel_order"):  # e.g. BGR for Caffe's nets; images come in RGB
+        props["cnngraph.channel_order"] = graph.meta["channel_order"]
     if graph.meta.get("classes"):
         props["cnngraph.classes"] = json.dumps(list(graph.meta["classes"]))
     return props

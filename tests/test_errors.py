@@ -69,7 +69,8 @@ CASES = {
         "{name: stage3, block: stage, args: {out: 32}}",
         "{name: stage3, op: add, inputs: [stage2, stage2x]}\n"
         "  - {name: stage2x, op: conv2d, out: 12, kernel: 1, inputs: [stage2]}", "stage3",
-        r"add needs equal shapes, got \(N,16,8,8\) and \(N,12,8,8\)"),
+        r"add needs shapes that broadcast, got \(N,16,8,8\) and \(N,12,8,8\) \(dimension 1: 16 "
+        r"against 12\)"),
     "groups not dividing channels": ("padding: 1}", "padding: 1, groups: 3}",
                                      "stage1.block1.conv1", r"groups 3 does not divide"),
     "kernel larger than the padded input": (

@@ -415,8 +415,14 @@ def test_adaptive_pool_window_for_uneven_bins():
     ("avg_pool2d", [("N", 4, 2, 2)], dict(kernel=3),
      "avg_pool2d kernel 3 is larger than the padded input 2x2"),
     ("add", [("N", 64, 56, 56), ("N", 128, 28, 28)], dict(),
-     "add needs equal shapes, got (N,64,56,56) and (N,128,28,28)"),
-    ("mul", [("N", 64), ("N", 32)], dict(), "mul needs equal shapes, got (N,64) and (N,32)"),
+     "add needs shapes that broadcast, got (N,64,56,56) and (N,128,28,28) (dimension 1: 64 "
+     "against 128)"),
+    ("mul", [("N", 64), ("N", 32)], dict(), "mul needs shapes that broadcast, got (N,64) and "
+     "(N,32)"),
+    ("mul", [("N", 64, 7, 7), ("N", 64, 7, 1), ("N", 64, 5, 1)], dict(),
+     "mul needs shapes that broadcast, got (N,64,7,7) and (N,64,5,1) (dimension 2: 7 against 5)"),
+    ("add", [("N", 64, 1, 1), ("N", 64)], dict(), "add needs inputs of the same rank"),
+    ("clip", [("N", 4)], dict(min=1.0, max=0.5), "clip min 1.0 is above max 0.5"),
     ("concat", [("N", 64, 28, 28), ("N", 32, 14, 14)], dict(),
      "concat along axis 1 needs equal sizes in the other dimensions, got (N,64,28,28) and "
      "(N,32,14,14)"),

@@ -30,6 +30,12 @@ def register(subparsers) -> None:
     p.add_argument("--fp16", action="store_true", help="float16 on both sides (CUDA only)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile")
     p.add_argument("--cuda-graph", action="store_true", help="onnxruntime with CUDA graphs")
+    p.add_argument("--int8", action="store_true",
+                   help="also time the model quantized to int8 (CPU; a row 'ort int8' with its "
+                        "speed-up over float32 onnxruntime)")
+    p.add_argument("--calibrate", metavar="DATA",
+                   help="with --int8: calibration data (default: a run's own training data, "
+                        "else seeded random inputs, which time the same but score nothing)")
     add_weights(p, "a run's best weights, or a seeded random initialisation")
     p.add_argument("--seed", type=SEED, default=0, help="seed of the random initialisation and inputs")
     p.add_argument("--seconds", type=SECONDS, default=3.0, help="time budget per measurement")
@@ -70,6 +76,33 @@ def module_for_onnx(model: Path, graph, weights: Path, naming: str | None = None
     return module.eval()
 
 
+def int8_model(path: Path, folder: Path, calibrate: str | None) -> Path:
+    """The model quantized as `cnngraph quantize` does (no gate: bench times, it does not score),
+    calibrated on 256 samples of `calibrate`, or on 16 seeded random inputs without it."""
+    import numpy as np
+
+    from ..files import read_onnx
+    from ..quantize import Settings, labelled_inputs, quantize_model
+    from ..runtime.benchmark import model_input_shapes
+    from ..runtime.inputs import ModelMeta
+    header = read_onnx(path)
+    if calibrate:
+        meta = ModelMeta.from_props({p.key: p.value for p in header.metadata_props}, str(path))
+        x, _, data = labelled_inputs(calibrate, meta, None, "train", 256)
+        say(f"int8: calibrating on {len(x)} samples of {data}")
+    else:
+        dims = next(iter(model_input_shapes(path).values()))
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in dims[1:]]
+        x, data = np.random.default_rng(0).standard_normal((16, *shape), dtype=np.float32), "random"
+        say("int8: calibrating on 16 seeded random inputs (speed only; give --calibrate DATA "
+            "to calibrate on data)")
+    (folder / "int8").mkdir(exist_ok=True)
+    model = quantize_model(path, x, Settings(), data, folder / "int8", calibrate)
+    out = folder / "model.int8.onnx"
+    out.write_bytes(model.SerializeToString())
+    return out
+
+
 def run(args) -> int:
     import torch
 
@@ -77,7 +110,13 @@ def run(args) -> int:
     from ..runtime.predictor import SPEC_SUFFIXES
     from ..runtime.session import CUDA, resolve_device
     sizes = args.batch_sizes
+    if args.int8 and args.fp16:
+        raise InputError("--int8 and --fp16 exclude each other: choose one precision")
+    if args.calibrate and not args.int8:
+        raise InputError("--calibrate goes with --int8")
     device = "cuda" if resolve_device(args.device) == CUDA else "cpu"
+    if args.int8 and device == "cuda":
+        raise InputError("--int8 times onnxruntime's CPU int8 kernels: add --device cpu")
     options = dict(device=device, fp16=args.fp16, compile=args.compile,
                    cuda_graph=args.cuda_graph, seed=args.seed, budget_s=args.seconds,
                    progress=lambda phase: say(f"{phase} (about {args.seconds:g} s)"))
@@ -91,7 +130,9 @@ def run(args) -> int:
         graph = spec_graph(source)
         module = module_for_onnx(source, graph, args.weights, args.naming) if args.weights else None
         macs = graph.macs_for(False) if graph is not None else None
-        rows = compare(module, source, sizes, macs=macs, **options)
+        with tempfile.TemporaryDirectory(prefix="cnngraph-bench-") as folder:
+            int8 = int8_model(source, Path(folder), args.calibrate) if args.int8 else None
+            rows = compare(module, source, sizes, macs=macs, int8_path=int8, **options)
         name = source.name
     else:
         from exporters import export_onnx
@@ -103,7 +144,10 @@ def run(args) -> int:
             path = Path(folder) / f"{graph.name}.onnx"
             say(f"exporting {graph.name} to ONNX")
             export_onnx(graph, module, path)
-            rows = compare(module, path, sizes, macs=graph.macs_for(False), **options)
+            calibrate = args.calibrate or (args.model if Path(args.model).is_dir() else None)
+            int8 = int8_model(path, Path(folder), calibrate) if args.int8 else None
+            rows = compare(module, path, sizes, macs=graph.macs_for(False), int8_path=int8,
+                           **options)
         name = graph.name
     if args.json:
         print(json.dumps({"model": name, "device": device, "fp16": args.fp16,

@@ -36,6 +36,12 @@ def register(subparsers) -> None:
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--checkpoint-minutes", type=NON_NEGATIVE,
                    help="also checkpoint inside an epoch this often, default 5 (0: every step)")
+    p.add_argument("--weights", metavar="FILE",
+                   help="start from these weights (.safetensors or .pt/.pth state_dict); with "
+                        "another number of classes than the data, the head is re-initialised")
+    p.add_argument("--freeze", metavar="LAYER",
+                   help="do not train LAYER and every layer before it (a block path: the "
+                        "whole block); their batch norms stay in eval mode")
     p.add_argument("--out", help="run directory (default runs/NAME-TIMESTAMP)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--json", action="store_true", help="print the result as one JSON line last")
@@ -48,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     options = {name: getattr(args, name) for name in (
         "epochs", "batch_size", "lr", "optimizer", "schedule", "weight_decay", "val_fraction",
         "train_samples", "seed", "deterministic", "device", "amp", "compile",
-        "checkpoint_minutes")}
+        "checkpoint_minutes", "weights", "freeze")}
     if args.augment is not None:
         options["augment"] = tuple(a for a in args.augment.split(",") if a)
     result = train(args.spec, data=args.data, out=args.out, resume=args.resume, **options)

@@ -8,15 +8,19 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import DataError, InputError
 from .export import add_weight_options, resolve
 
 if TYPE_CHECKING:  # imported where used: onnx is not needed for --help
     import onnx
 
 # max |onnx - torch| / max |torch| per output: float32 exports agree to rounding; float16
-# weights and compute keep about 3 significant digits
-TOLERANCE = {"float32": 1e-4, "float16": 1e-2}
+# weights and compute keep about 3 significant digits; int8 (8-bit weights and activations, a
+# scale per tensor or channel) errs by a few steps of 1/255 of each range, so it is also held to
+# top-1 agreement with PyTorch on real samples
+TOLERANCE = {"float32": 1e-4, "float16": 1e-2, "int8": 0.1}
+INT8_AGREEMENT = 0.9    # int8: the least fraction of samples whose top-1 class equals PyTorch's
+INT8_SAMPLES = 64       # int8: held-out samples of the calibration data (1, then the other 63)
 BATCHES = (1, 3)  # for a symbolic batch; a fixed one is tested at its size
 WEIGHTS_DIFFER = 0.1  # a relative error this large is other weights, not rounding
 
@@ -28,6 +32,9 @@ def register(subparsers) -> None:
     p.add_argument("--against", required=True, metavar="SPEC_OR_NAME_OR_RUN_DIR",
                    help="what it was exported from (with the same --weights / --seed)")
     add_weight_options(p)
+    p.add_argument("--data", metavar="DATA",
+                   help="int8 models: samples to compare on (the validation split of a run "
+                        "directory or dataset; default: the data the model was calibrated on)")
     p.add_argument("--placement", choices=["cpu", "cuda"],
                    help="also report the execution provider of every node on this device and "
                         "fail (exit 2) when a compute node would run elsewhere")
@@ -65,8 +72,9 @@ def run(args) -> int:
                          "exported; verify against the export's source")
     dims = next(iter(feeds.values()))
     session = open_session(args.model)
-    precision = "float16" if any(t.data_type == onnx.TensorProto.FLOAT16
-                                 for t in model.graph.initializer) else "float32"
+    from ..quantize import is_quantized
+    precision = "int8" if is_quantized(model) else "float16" if any(
+        t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer) else "float32"
     tolerance = TOLERANCE[precision]
     names = [o.name for o in session.get_outputs()]
     # with --keep-aux the file has the training-only heads too: forward_train on the module in
@@ -75,12 +83,15 @@ def run(args) -> int:
     forward = module.forward_train if aux and hasattr(module, "forward_train") else module
     batches = (dims[0],) if isinstance(dims[0], int) and dims[0] > 0 else BATCHES
     rng = np.random.default_rng(args.seed)
-    worst = 0.0
+    samples = int8_samples(model, args, takes, batches) if precision == "int8" else None
+    worst, agree, scored = 0.0, 0, 0
     print(f"{args.model} ({precision}) against {args.against}: max |onnx - torch|, and that "
-          f"divided by max |torch|; tolerance {tolerance:g} relative")
-    for batch in batches:
-        x = {name: rng.standard_normal((batch, *shape), dtype=np.float32)
-             for name, shape in takes.items()}
+          f"divided by max |torch|; tolerance {tolerance:g} relative"
+          + (f", and top-1 agreement >= {INT8_AGREEMENT:.0%}" if samples else ""))
+    for i, batch in enumerate(batches if samples is None else [len(s) for s in samples]):
+        x = ({name: rng.standard_normal((batch, *shape), dtype=np.float32)
+              for name, shape in takes.items()} if samples is None
+             else {next(iter(takes)): samples[i]})
         got = dict(zip(names, session.run(names, x)))
         with torch.no_grad():  # the module takes the inputs in the spec's order, as the model
             expected = forward(*(torch.from_numpy(v) for v in x.values()))
@@ -98,7 +109,17 @@ def run(args) -> int:
             rel_err = abs_err / max(float(np.max(np.abs(ref))), 1e-12)
             worst = max(worst, rel_err)
             verdict = "ok" if rel_err <= tolerance else "OVER TOLERANCE"
-            print(f"  batch {batch}  {name:<16} max abs {abs_err:.3e}  rel {rel_err:.3e}  {verdict}")
+            same = ""
+            if samples and ref.ndim == 2 and name == names[0]:
+                hits = int((ref.argmax(1) == got[name].argmax(1)).sum())
+                agree, scored = agree + hits, scored + len(ref)
+                same = f"  top-1 same {hits}/{len(ref)}"
+            print(f"  batch {batch}  {name:<16} max abs {abs_err:.3e}  rel {rel_err:.3e}  "
+                  f"{verdict}{same}")
+    if scored and agree < INT8_AGREEMENT * scored:
+        print(f"FAIL: top-1 agrees with PyTorch on {agree}/{scored} samples "
+              f"(< {INT8_AGREEMENT:.0%})")
+        return 1
     if worst > tolerance:
         print(f"FAIL: worst relative error {worst:.3e} > {tolerance:g}")
         if worst > WEIGHTS_DIFFER:
@@ -110,6 +131,39 @@ def run(args) -> int:
 
         print(check_placement(args.model, args.placement).table())
     return 0
+
+
+def int8_samples(model, args, takes: dict, batches) -> list[np.ndarray] | None:
+    """Real inputs for an int8 model, as two batches (1 sample, then the rest): the validation
+    split of --data, or of the data the model's metadata says it was calibrated on. Random
+    inputs would leave the calibrated ranges and read as int8 error. None (random inputs, with
+    a note) for a model whose data cannot be found."""
+    import json
+
+    from ..quantize import META_KEY, labelled_inputs
+    from ..runtime.inputs import ModelMeta
+    props = {p.key: p.value for p in model.metadata_props}
+    try:
+        source = args.data or json.loads(props.get(META_KEY, "{}")).get("source")
+    except ValueError:
+        source = None
+    if not source or len(takes) != 1:
+        print("note: no calibration data recorded (or --data given) for this int8 model: "
+              "comparing on random inputs, which may leave its calibrated ranges")
+        return None
+    meta = ModelMeta.from_props(props, str(args.model))
+    try:
+        x, _, _ = labelled_inputs(source, meta, None, "val", INT8_SAMPLES)
+    except DataError:
+        if args.data:
+            raise
+        print(f"note: the data this int8 model was calibrated on ({source}) is not found here: "
+              "comparing on random inputs, which may leave its calibrated ranges; give --data")
+        return None
+    fixed = batches[0] if len(batches) == 1 else None
+    if fixed:
+        return [x[i:i + fixed] for i in range(0, len(x) - fixed + 1, fixed)] or [x[:fixed]]
+    return [x[:1], x[1:]] if len(x) > 1 else [x]
 
 
 def _exported_from(model, graph) -> str | None:

@@ -20,5 +20,7 @@ def get(name: str) -> Op:
 
 # The op families; importing them fills REGISTRY.
 from . import tensor, conv, linear, norm, activation, pool  # noqa: E402,F401
+from . import channels  # noqa: E402,F401
+from . import eltwise  # noqa: E402,F401  (Caffe's Eltwise MAX and weighted SUM)
 
 __all__ = ["REGISTRY", "register", "get", "Op", "Attr", "Call", "ShapeError", "REQUIRED"]

@@ -104,9 +104,33 @@ class Subsample(nn.Module):
 
 
 
+class StochasticDepth(nn.Module):
+    """Training: x times a Bernoulli(1 - p) draw per sample ("row") or per batch ("batch"),
+    divided by 1 - p when that is positive; drawn as torchvision.ops.stochastic_depth draws
+    (`bernoulli_` on an (N, 1, ..., 1) or (1, ..., 1) tensor), so seeded runs agree with it.
+    Inference: the identity."""
+
+    def __init__(self, p: float, mode: str):
+        super().__init__()
+        self.p, self.mode = p, mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        survival = 1.0 - self.p
+        size = [x.shape[0] if self.mode == "row" else 1] + [1] * (x.ndim - 1)
+        noise = torch.empty(size, dtype=x.dtype, device=x.device).bernoulli_(survival)
+        if survival > 0.0:
+            noise.div_(survival)
+        return x * noise
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, mode={self.mode}"
+
+
 # --- element-wise functions of add, mul and concat -------------------------------------------
 def add(*xs: torch.Tensor) -> torch.Tensor:
-    """Sum of equal-shaped tensors."""
+    """Sum of tensors that broadcast."""
     out = xs[0]
     for x in xs[1:]:
         out = out + x
@@ -114,7 +138,7 @@ def add(*xs: torch.Tensor) -> torch.Tensor:
 
 
 def mul(*xs: torch.Tensor) -> torch.Tensor:
-    """Element-wise product of equal-shaped tensors."""
+    """Element-wise product of tensors that broadcast."""
     out = xs[0]
     for x in xs[1:]:
         out = out * x
@@ -123,3 +147,33 @@ def mul(*xs: torch.Tensor) -> torch.Tensor:
 
 def concat(*xs: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat(xs, dim)
+
+
+# --- functions of the channel, normalisation and scaling ops ---------------------------------
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """ShuffleNet's shuffle: channels as a (groups, C/groups) matrix, transposed."""
+    n, c, h, w = x.shape
+    return x.reshape(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """Layer normalisation over the channels of each pixel of a (N, C, H, W) map (ConvNeXt's
+    LayerNorm2d, and its blocks' permute + LayerNorm + permute): an nn.LayerNorm(C) applied in
+    (N, H, W, C) order; `weight` and `bias` are (C,)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias,
+                         self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class LayerScale(nn.Module):
+    """y = x * weight, one learnt factor per channel (ConvNeXt's layer scale); `weight` is
+    (C, 1, 1) as torchvision stores it, and starts at `value`."""
+
+    def __init__(self, channels: int, value: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((channels, 1, 1), value))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight

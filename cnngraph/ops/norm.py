@@ -1,12 +1,14 @@
-"""Normalisation: batch norm (weight 1, bias 0 at start, as torchvision) and local response
+"""Normalisation: batch norm (weight 1, bias 0 at start, as torchvision), local response
 normalisation (AlexNet's across-channels LRN and Caffe's within-channel variant, from
-`custom_ops`)."""
+`custom_ops`), ConvNeXt's layer norm over channels and its per-channel layer scale."""
 from __future__ import annotations
+
+import numpy as np
 
 from .. import limits
 from . import register
 from .base import Attr, Op, ShapeError
-from .tensor import fmt, need_positive
+from .tensor import fmt, need_map, need_positive
 
 
 @register
@@ -98,3 +100,79 @@ class LRN(Op):
                             "one channel away from PyTorch's); use an odd size")
         return ctx.op("LRN", inputs[0], size=a["size"], alpha=a["alpha"], beta=a["beta"],
                       bias=a["k"])
+
+
+@register
+class LayerNorm(Op):
+    """Layer normalisation over the channels of each pixel of a (N, C, H, W) map, or over the
+    features of a (N, F) vector: (x - mean) / sqrt(var + eps) * weight + bias, the statistics
+    over C alone (ConvNeXt's LayerNorm2d, and its blocks' permute + LayerNorm(C) + permute on
+    NCHW), with a learnt scale and shift per channel (2*C parameters). The same in training and
+    inference."""
+
+    name = "layer_norm"
+    attrs = {"eps": Attr(1e-6, "added to the variance (ConvNeXt: 1e-6)", "float",
+                         positive=True)}
+
+    def infer(self, node, ins):
+        (shape,) = ins
+        if len(shape) not in (2, 4):
+            raise ShapeError(f"layer_norm needs a (N, C, H, W) or (N, F) input, got {fmt(shape)}")
+        return shape
+
+    def params(self, node, ins):
+        return 2 * ins[0][1]
+
+    def torch(self, node, ins):
+        from torch import nn
+
+        from .modules import LayerNorm2d
+
+        kind = LayerNorm2d if len(ins[0]) == 4 else nn.LayerNorm
+        return kind(ins[0][1], eps=node.attrs["eps"])
+
+    def onnx(self, ctx, node, inputs):
+        """opset 17+: LayerNormalization over the last axis, on a map between two Transposes
+        to and from (N, H, W, C); before 17, the formula in ReduceMean, Sub, Mul, Sqrt, Div."""
+        eps = node.attrs["eps"]
+        rank = len(ctx.in_shapes(node)[0])
+        weight, bias = ctx.weight(node, "weight"), ctx.weight(node, "bias")
+        x = inputs[0]
+        if ctx.opset >= 17:
+            if rank == 4:
+                x = ctx.op("Transpose", x, perm=[0, 2, 3, 1])
+            y = ctx.op("LayerNormalization", x, weight, bias, axis=-1, epsilon=eps)
+            return ctx.op("Transpose", y, perm=[0, 3, 1, 2]) if rank == 4 else y
+        centred = ctx.op("Sub", x, ctx.op("ReduceMean", x, axes=[1]))
+        var = ctx.op("ReduceMean", ctx.op("Mul", centred, centred), axes=[1])
+        std = ctx.op("Sqrt", ctx.op("Add", var, ctx.const(np.array(eps, np.float32), "eps")))
+        shape = [-1, 1, 1] if rank == 4 else [-1]
+        scale = ctx.const(ctx.array(node, "weight").reshape(shape), "weight")
+        shift = ctx.const(ctx.array(node, "bias").reshape(shape), "bias")
+        return ctx.op("Add", ctx.op("Mul", ctx.op("Div", centred, std), scale), shift)
+
+
+@register
+class LayerScale(Op):
+    """y = x * gamma, one learnt factor per channel of a (N, C, H, W) map (ConvNeXt's layer
+    scale on each residual branch; C parameters, stored (C, 1, 1) as torchvision does),
+    starting at `value`."""
+
+    name = "layer_scale"
+    attrs = {"value": Attr(1e-6, "the starting value of every factor (ConvNeXt: 1e-6)",
+                           "float")}
+
+    def infer(self, node, ins):
+        need_map("layer_scale", ins[0])
+        return ins[0]
+
+    def params(self, node, ins):
+        return ins[0][1]
+
+    def torch(self, node, ins):
+        from .modules import LayerScale as Module
+
+        return Module(ins[0][1], node.attrs["value"])
+
+    def onnx(self, ctx, node, inputs):
+        return ctx.op("Mul", inputs[0], ctx.weight(node, "weight"))

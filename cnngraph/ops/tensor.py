@@ -1,5 +1,5 @@
-"""Structural ops: the graph input, identity, dropout, flatten, element-wise add/mul, concat and
-upsample -- plus the shape helpers the other op families share (shape formatting, rank checks)."""
+"""Structural ops: the graph input, identity, dropout, stochastic depth, flatten, element-wise
+add/mul (broadcasting), concat and upsample -- plus the shape helpers the other op families share (shape formatting, rank checks)."""
 from __future__ import annotations
 
 import math
@@ -110,6 +110,31 @@ class Dropout(Op):
 
 
 @register
+class StochasticDepth(Op):
+    """torchvision.ops.StochasticDepth: in training, drops the whole residual branch of a sample
+    ("row") or of the batch ("batch") with probability p and scales survivors by 1/(1-p); the
+    identity in inference (removed by the same pass as dropout)."""
+
+    name = "stochastic_depth"
+    attrs = {
+        "p": Attr(0.0, "probability of dropping the branch, in [0, 1]", "float", min=0, max=1),
+        "mode": Attr("row", "row: one draw per sample; batch: one draw for the batch", "str",
+                     ("row", "batch")),
+    }
+
+    def infer(self, node, ins):
+        return ins[0]
+
+    def torch(self, node, ins):
+        from .modules import StochasticDepth as Module
+
+        return Module(node.attrs["p"], node.attrs["mode"])
+
+    def onnx(self, ctx, node, inputs):
+        return inputs[0]  # inference: the identity (the passes remove the node anyway)
+
+
+@register
 class Flatten(Op):
     """Flattens every dimension from `start_dim` on into one: (N, C, H, W) -> (N, C*H*W).
     Over a spatial map its receptive field is the whole input."""
@@ -141,24 +166,37 @@ class Flatten(Op):
         return ctx.op("Reshape", inputs[0], ctx.ints([0] * start + [-1]))
 
 
-def _same_shapes(op: str, ins: list[Shape]) -> Shape:
+def broadcast(op: str, ins: list[Shape]) -> Shape:
+    """The shape NumPy's (and ONNX's) broadcasting gives `ins`: each dimension equal or 1.
+    Every tensor here has the batch first, so the ranks must agree (a shorter shape, aligned
+    at the right as NumPy does, would put its batch against a channel or row)."""
+    out = ins[0]
     for shape in ins[1:]:
-        if shape != ins[0]:
-            raise ShapeError(f"{op} needs equal shapes, got {fmt(ins[0])} and {fmt(shape)}: "
-                             "make the channels and spatial sizes agree (e.g. a 1x1 "
-                             "projection with the right stride on one branch)")
-    return ins[0]
+        if len(shape) != len(out):
+            raise ShapeError(f"{op} needs inputs of the same rank, got {fmt(out)} and "
+                             f"{fmt(shape)}: each has the batch first; flatten both, or keep "
+                             "both (N, C, H, W) (a per-channel factor is (N, C, 1, 1))")
+        for axis, (x, y) in enumerate(zip(out, shape)):
+            if x != y and 1 not in (x, y):
+                raise ShapeError(
+                    f"{op} needs shapes that broadcast, got {fmt(out)} and {fmt(shape)} "
+                    f"(dimension {axis}: {x} against {y}): make each dimension equal or 1 "
+                    "(e.g. a 1x1 projection with the right stride on one branch, or a "
+                    "global pooling for a per-channel factor)")
+        out = tuple(y if x == 1 else x for x, y in zip(out, shape))
+    return out
 
 
 class _Elementwise(Op):
-    """Two or more tensors of the same shape folded pairwise by `fn` (ONNX: `onnx_op`)."""
+    """Two or more tensors folded pairwise by `fn` (ONNX: `onnx_op`) with NumPy broadcasting:
+    squeeze-and-excitation multiplies an (N, C, 1, 1) gate into an (N, C, H, W) map."""
 
     min_inputs, max_inputs = 2, None
     fn: str  # the name of the function in modules.py
     onnx_op: str
 
     def infer(self, node, ins):
-        return _same_shapes(self.name, ins)
+        return broadcast(self.name, ins)
 
     def torch(self, node, ins):
         from . import modules
@@ -174,7 +212,7 @@ class _Elementwise(Op):
 
 @register
 class Add(_Elementwise):
-    """Element-wise sum of two or more tensors of the same shape (residual connections)."""
+    """Element-wise sum of two or more tensors that broadcast (residual connections)."""
 
     name = "add"
     fn = "add"
@@ -183,7 +221,7 @@ class Add(_Elementwise):
 
 @register
 class Mul(_Elementwise):
-    """Element-wise product of two or more tensors of the same shape (gating)."""
+    """Element-wise product of two or more tensors that broadcast (gating, excitation)."""
 
     name = "mul"
     fn = "mul"

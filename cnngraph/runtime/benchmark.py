@@ -28,6 +28,7 @@ class Timing:
     max_rel_err: float | None = None   # max |this - torch eager| / max |torch eager|, same input
     speedup: float | None = None       # torch eager p50 / this p50
     gmacs: float | None = None         # multiply-accumulates per second (1e9) at that throughput
+    vs_fp32: float | None = None       # int8 rows: onnxruntime float32 p50 / this p50
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -74,11 +75,13 @@ def model_input_shapes(model_path: str | Path) -> dict[str, list]:
 
 def compare(module, model_path: str | Path, batch_sizes: list[int], *, device: str = "cpu",
             fp16: bool = False, compile: bool = False, cuda_graph: bool = False,
-            seed: int = 0, macs: int | None = None,
+            seed: int = 0, macs: int | None = None, int8_path: str | Path | None = None,
             progress: Callable[[str], None] | None = None, **timing) -> list[Timing]:
     """Time `module` (torch, None for onnxruntime only) and the exported model at each batch
     size on one device, on the same seeded inputs; with `macs` (per sample) each row also gets
-    its multiply-accumulate rate. `progress` is told each phase as it starts (a big model takes
+    its multiply-accumulate rate. With `int8_path` (the model quantized, cnngraph.quantize), an
+    "ort int8" row follows each onnxruntime row on the same inputs, with its speed-up over
+    float32 onnxruntime (`vs_fp32`). `progress` is told each phase as it starts (a big model takes
     minutes in all). Parity: the largest absolute difference
     from torch eager in float32 over the largest eager magnitude (random-init nets can have
     huge logits); fp16 runs are compared against that float32 reference too.
@@ -145,6 +148,18 @@ def compare(module, model_path: str | Path, batch_sizes: list[int], *, device: s
             out = predictor.run(*x)[0]
             t = measure(lambda: predictor.run(*x), batch, "onnxruntime", **timing)
         rows += eager_rows[batch] + [_against(t, eager, out, references.get(batch))]
+    if int8_path is not None:   # CPU only: onnxruntime's int8 kernels are its CPU provider's
+        say("onnxruntime int8: creating the session")
+        quantized = Predictor(int8_path, "cpu")
+        for batch, x in inputs.items():
+            say(f"onnxruntime int8, batch {batch}")
+            out = quantized.run(*x)[0]
+            t = measure(lambda: quantized.run(*x), batch, "ort int8", **timing)
+            eager = eager_rows[batch][0] if eager_rows[batch] else None
+            fp32 = next(r for r in rows if r.batch == batch and r.engine == "onnxruntime")
+            t = _against(t, eager, out, references.get(batch))
+            t.vs_fp32 = fp32.p50_ms / t.p50_ms
+            rows.insert(rows.index(fp32) + 1, t)
     if macs:  # how close each engine comes to the machine's arithmetic peak
         for row in rows:
             row.gmacs = macs * row.throughput / 1e9
@@ -203,13 +218,16 @@ def _against(t: Timing, eager: Timing | None, out: np.ndarray, reference: np.nda
 
 def table(rows: list[Timing]) -> str:
     """A fixed-width text table of timings."""
+    int8 = any(r.vs_fp32 is not None for r in rows)
     head = (f"{'engine':<14} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'samples/s':>10} "
-            f"{'GMAC/s':>8} {'vs eager':>9} {'rel err':>10}")
+            f"{'GMAC/s':>8} {'vs eager':>9} {'rel err':>10}" + (f" {'vs fp32':>8}" if int8 else ""))
     lines = [head, "-" * len(head)]
     for r in rows:
         speed = f"{r.speedup:.2f}x" if r.speedup is not None else ""
         err = f"{r.max_rel_err:.2e}" if r.max_rel_err is not None else ""
         rate = f"{r.gmacs:.0f}" if r.gmacs is not None else ""
+        vs = f"{r.vs_fp32:.2f}x" if r.vs_fp32 is not None else ""
         lines.append(f"{r.engine:<14} {r.batch:>5} {r.p50_ms:>9.2f} {r.p90_ms:>9.2f} "
-                     f"{r.throughput:>10.1f} {rate:>8} {speed:>9} {err:>10}")
+                     f"{r.throughput:>10.1f} {rate:>8} {speed:>9} {err:>10}"
+                     + (f" {vs:>8}" if int8 else ""))
     return "\n".join(lines)

@@ -8,7 +8,8 @@ H x W when its size differs, scales the pixels to [0, 1] and normalises them wit
 normalisation; float arrays are taken as pixels already in [0, 1] and get the same
 normalisation (training's rule, cnngraph/data/dataset.py: uint8 / 255, float as given, then
 (x - mean) / std), so a uint8 image and the same image as float32 / 255 predict the same.
-Both are (C, H, W) or (N, C, H, W).
+Both are (C, H, W) or (N, C, H, W). A model whose `cnngraph.channel_order` is BGR (Caffe's nets)
+gets an image's channels reversed after decoding; arrays are taken in the model's order.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ class ModelMeta:
     version: str | None = None
     extra: dict = field(default_factory=dict)
     inputs: dict[str, ModelMeta] = field(default_factory=dict)
+    channel_order: str = "RGB"  # of 3-channel images: BGR for Caffe's nets (images load as RGB)
 
     @classmethod
     def from_props(cls, props: dict[str, str], where: str = "model") -> ModelMeta:
@@ -53,6 +55,10 @@ class ModelMeta:
         if layout != "NCHW":
             raise InputError(f"{where}: input layout {layout} is not supported (NCHW only)")
         shape, norm, classes = load("cnngraph.input_shape"), load("cnngraph.normalize"), load("cnngraph.classes")
+        order = props.get("cnngraph.channel_order", "RGB")
+        if order not in ("RGB", "BGR"):
+            raise InputError(f"{where}: metadata cnngraph.channel_order is {order[:20]!r}, "
+                             "not RGB or BGR")
         norm = norm or {}
         inputs = _inputs_meta(load("cnngraph.inputs"), where)
         if len(inputs) == 1 and shape is None:  # a model that records only cnngraph.inputs
@@ -64,7 +70,7 @@ class ModelMeta:
                    classes=tuple(classes) if classes else None,
                    spec=load("cnngraph.spec"), version=props.get("cnngraph.version"),
                    extra={k: v for k, v in props.items() if not k.startswith("cnngraph.")},
-                   inputs=inputs)
+                   inputs=inputs, channel_order=order)
 
     def for_input(self, name: str) -> ModelMeta:
         """The metadata of input `name`: its own entry of `cnngraph.inputs`, or for a model
@@ -72,7 +78,8 @@ class ModelMeta:
         if not self.inputs:
             return self
         return replace(self.inputs.get(name, ModelMeta()), classes=self.classes, spec=self.spec,
-                       version=self.version, extra=self.extra, inputs=self.inputs)
+                       version=self.version, extra=self.extra, inputs=self.inputs,
+                       channel_order=self.channel_order)
 
 
 def _inputs_meta(entries, where: str) -> dict[str, ModelMeta]:
@@ -114,9 +121,10 @@ def normalize(pixels: np.ndarray, meta: ModelMeta) -> np.ndarray:
     return x
 
 
-def load_image(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
+def load_image(path: Path, shape: tuple[int, int, int], channel_order: str = "RGB") -> np.ndarray:
     """One image file -> uint8 (C, H, W) following the image rule above (the shared reader,
-    cnngraph.files.read_image); each conversion beyond a lossless decode is logged as a note."""
+    cnngraph.files.read_image), its 3 channels in `channel_order` (BGR: reversed, for Caffe's
+    nets); each conversion beyond a lossless decode is logged as a note."""
     from ..files import read_image
     channels, height, width = shape
     modes = {1: "L", 3: "RGB", 4: "RGBA"}
@@ -126,7 +134,10 @@ def load_image(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
     pixels, notes = read_image(path, modes[channels], (height, width))
     for note in notes:
         log.warning("note: %s: %s", path, note)
-    return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+    if pixels.ndim == 2:
+        return pixels[None]
+    chw = pixels.transpose(2, 0, 1)
+    return chw[::-1].copy() if channel_order == "BGR" and channels == 3 else chw
 
 
 def _check_polarity(path: Path, pixels: np.ndarray, meta: ModelMeta) -> None:
@@ -203,7 +214,7 @@ def load_inputs(paths: list[Path], meta: ModelMeta, input_name: str,
             if expected is None:
                 raise InputError(f"{path}: the model has no cnngraph.input_shape metadata, so "
                                  f"images cannot be resized for it; pass a .npy")
-            pixels = load_image(path, tuple(expected))
+            pixels = load_image(path, tuple(expected), meta.channel_order)
             _check_polarity(path, pixels, meta)
             batch = normalize(pixels[None], meta)
         elif suffix in (".npy", ".npz"):

@@ -30,6 +30,7 @@ from ..data import Dataset, channel_stats, check, load_data, to_input
 from ..data.augment import augment
 from ..errors import CnnGraphError, DataError
 from ..graph import Graph
+from . import finetune
 from . import rundir as rd
 from .config import TrainConfig, resumed_config
 from .metrics import combined_loss, correct_topk, main_logits, plot_curves
@@ -216,7 +217,7 @@ def _prepare_run_dir(graph: Graph, out, resume: bool, options: dict, ddp: Dist,
     if ddp.main:
         hold.enter_context(rd.locked(run))
     trained = load(rd.read_spec(run / rd.SPEC))
-    if not _same_network(trained, graph):
+    if not _same_network(trained, graph) and not _same_head_resized(trained, graph):
         raise CnnGraphError(f"{run} was trained from spec '{trained.name}', not from "
                             f"'{graph.name}'; resume it with "
                             f"`{_resume_command(run / rd.SPEC, run)}`, or train into a new --out")
@@ -237,7 +238,20 @@ def _same_network(a: Graph, b: Graph) -> bool:
     return signature(a) == signature(b)
 
 
-def _load_dataset(data, graph: Graph, config: TrainConfig) -> Dataset:
+def _same_head_resized(trained: Graph, graph: Graph) -> bool:
+    """`trained` is `graph` with its head re-sized (a run started with --weights)."""
+    if trained.num_classes is None or graph.num_classes is None:
+        return False
+    try:
+        resized = finetune.with_classes(graph, [""] * trained.num_classes)
+    except CnnGraphError:
+        return False
+    return _same_network(trained, resized)
+
+
+def _load_dataset(data, graph: Graph, config: TrainConfig) -> tuple[Graph, Dataset]:
+    """The dataset, checked against the network; the network itself, or with --weights and
+    another number of classes than the dataset's, the network with its head re-sized."""
     num_classes = graph.num_classes
     if num_classes is None:
         raise DataError(f"'{graph.name}': its main output is not a vector of class scores, so "
@@ -252,7 +266,11 @@ def _load_dataset(data, graph: Graph, config: TrainConfig) -> Dataset:
         n = config.train_samples
         dataset = Dataset(dataset.x_train[:n], dataset.y_train[:n], dataset.x_val,
                           dataset.y_val, dataset.classes, f"{dataset.source}[:{n}]")
-    return check(dataset, graph.input_shape, num_classes)
+    if config.weights is not None:
+        classes = finetune.classes_of(dataset)
+        if len(classes) != num_classes:
+            graph = finetune.with_classes(graph, classes)
+    return graph, check(dataset, graph.input_shape, graph.num_classes)
 
 
 def train(spec_or_graph, data: str | Dataset | None = None, *, out: str | Path | None = None,
@@ -274,6 +292,8 @@ def train(spec_or_graph, data: str | Dataset | None = None, *, out: str | Path |
                         "it with your own PyTorch loop on cnngraph.build(graph)")
     if data is not None:
         options["data"] = data.source if isinstance(data, Dataset) else str(data)
+    if isinstance(options.get("weights"), os.PathLike):
+        options["weights"] = str(options["weights"])
     device = _device(TrainConfig(device=options.get("device") or "auto"))
     ddp = _distributed(device)
     try:
@@ -291,29 +311,71 @@ def _train(graph, spec_or_graph, data, out, resume, options, progress, device, d
     from .. import build
 
     run, config, state = _prepare_run_dir(graph, out, resume, options, ddp, hold)
-    dataset = _load_dataset(data, graph, config)
-    info = rd.read_info(run / rd.INFO) if resume else _info(graph, dataset)
+    base = graph
+    graph, dataset = _load_dataset(data, graph, config)
+    if config.freeze is not None:  # an unknown path fails before anything is written
+        finetune.frozen_layers(graph, config.freeze)
+    info = rd.read_info(run / rd.INFO) if resume else _info(graph, dataset, config)
     sizes = [len(dataset.y_train), len(dataset.y_val)]
     if sizes != [info["train_samples"], info["val_samples"]]:
         raise DataError(f"{run} was trained on {info['data']} ({info['train_samples']} + "
                         f"{info['val_samples']} samples), not on {dataset.source} "
                         f"({sizes[0]} + {sizes[1]}); resume with the same data")
-    ddp.barrier()  # every process has checked the run directory before rank 0 writes
-    if ddp.main:
-        _write_run_header(run, graph, config, info, resume, hold)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
             _deterministic(config.deterministic):
         torch.manual_seed(config.seed)
         model = build(graph)
+        frozen = _start(model, base, graph, config, info, state, resume, ddp.main and progress)
+        ddp.barrier()  # every process has checked the run directory before rank 0 writes
+        if ddp.main:
+            _write_run_header(run, graph, config, info, resume, hold)
         spec_arg = spec_or_graph if isinstance(spec_or_graph, (str, Path)) else run / rd.SPEC
-        loop = _Loop(graph, model, dataset, info, config, run, device, ddp, progress)
+        loop = _Loop(graph, model, dataset, info, config, run, device, ddp, progress, frozen)
         result = loop.run(state, _resume_command(spec_arg, run))
     ddp.barrier()  # no rank tears the process group down while another still talks to it
     return result
 
 
-def _info(graph: Graph, dataset: Dataset) -> dict:
+def _start(model, base: Graph, graph: Graph, config: TrainConfig, info: dict, state,
+           resume: bool, show: bool) -> list:
+    """--weights into the fresh model (unless a checkpoint will replace them), then --freeze;
+    a new run records both in `info` (info.json), and loading weights prints one line.
+    Returns the frozen modules. Nothing is written yet: bad weights leave no run behind."""
+    record = None
+    if config.weights is not None and not state:
+        record = finetune.start(model, base, graph, config.weights)
+    frozen = []
+    if config.freeze is not None:
+        fresh = finetune.head_layers(graph) if graph.num_classes != base.num_classes else []
+        frozen = finetune.freeze(model, graph, config.freeze, fresh)
+    if not resume:
+        names = {n for n, m in model.named_modules() if any(m is f for f in frozen)}
+        if record is not None:
+            info["start"] = record
+        if config.freeze is not None:
+            info["frozen"] = [n.name for n in graph if n.name in names]
+    if record is not None and show:
+        print(finetune.summary(record, config.freeze, info.get("frozen")), file=sys.stderr)
+    return frozen
+
+
+def _bgr(graph: Graph) -> bool:
+    """Whether the network takes its 3 channels in BGR order (a Caffe import)."""
+    return graph.meta.get("channel_order") == "BGR" and graph.input_shape[:1] == (3,)
+
+
+def _info(graph: Graph, dataset: Dataset, config: TrainConfig) -> dict:
+    """What the run's model needs besides its weights. Starting from weights, the input is
+    normalised as the network declares (meta.normalize, what the weights were trained with)
+    when it does; else by the training set's statistics."""
     mean, std = channel_stats(dataset.x_train, dataset.pixel_scale, graph.input_shape)
+    if _bgr(graph):  # the statistics of the channels as the network gets them
+        mean, std = mean[::-1], std[::-1]
+    declared = graph.normalization(graph.inputs[0].name) if config.weights else None
+    if declared:
+        channels = graph.input_shape[0]
+        mean, std = ([float(v) for v in declared[k]] * (channels if len(declared[k]) == 1 else 1)
+                     for k in ("mean", "std"))
     return {"classes": dataset.classes, "normalize": {"mean": mean, "std": std},
             "pixel_scale": dataset.pixel_scale, "input_shape": list(graph.input_shape),
             "data": dataset.source, "train_samples": len(dataset.y_train),
@@ -371,8 +433,10 @@ def _deterministic(on: bool):
 class _Loop:
     """One run's model, data, optimizer and schedule; `run` trains it to the configured end."""
 
-    def __init__(self, graph, model, dataset, info, config, run, device, ddp, progress):
+    def __init__(self, graph, model, dataset, info, config, run, device, ddp, progress,
+                 frozen=()):
         self.graph, self.config, self.run_dir = graph, config, run
+        self.frozen = list(frozen)  # --freeze: these modules stay in eval mode
         self.device, self.ddp = device, ddp
         self.show = progress and ddp.main
         # bars redraw with \r and escape codes: only on a terminal; a log gets plain lines
@@ -392,6 +456,7 @@ class _Loop:
         self.y_train = torch.from_numpy(dataset.y_train)
         self.x_val, self.y_val = torch.from_numpy(dataset.x_val), torch.from_numpy(dataset.y_val)
         self.scale, self.input_shape = info["pixel_scale"], graph.input_shape
+        self.bgr = _bgr(graph)
         self.mean = torch.tensor(info["normalize"]["mean"]).view(1, -1, 1, 1)
         self.std = torch.tensor(info["normalize"]["std"]).view(1, -1, 1, 1)
         self.rank_batch = config.batch_size // ddp.world
@@ -412,7 +477,10 @@ class _Loop:
 
     # --- batches --------------------------------------------------------------------------
     def _inputs(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        x = (to_input(x.float(), self.input_shape) * self.scale - self.mean) / self.std
+        x = to_input(x.float(), self.input_shape) * self.scale
+        if self.bgr:  # datasets decode to RGB; the network takes BGR (meta.channel_order)
+            x = x.flip(1)
+        x = (x - self.mean) / self.std
         if generator is not None and self.config.augment:
             x = augment(x, self.config.augment, generator)
         x = x.to(self.device, non_blocking=True)
@@ -527,6 +595,8 @@ class _Loop:
         self.sampler.set_epoch(p.epoch)
         order = torch.tensor(list(self.sampler))
         self.model.train()
+        for module in self.frozen:  # frozen batch norms: running statistics used, not updated
+            module.eval()
         bar = tqdm(total=self.steps, initial=p.step, desc=f"epoch {p.epoch + 1}", unit="batch",
                    leave=False, disable=not self.bars, file=sys.stderr)
         started, seen_here, last_save = time.monotonic(), 0, time.monotonic()
