@@ -69,7 +69,7 @@ def test_resnet18_from_torchvision_eval_and_train():
     graph, ours, state = imported("resnet18", reference)
     assert state.naming == "torchvision" and state.matched == len(reference.state_dict())
     assert "layer2.0.downsample.conv.weight" in state  # from torchvision's downsample.0
-    x = torch.randn(2, 3, 64, 64)
+    x = torch.randn(2, 3, 32, 32)
     same_outputs(ours, reference, x, train=False)
     same_outputs(ours, reference, x, train=True)  # batch statistics, and the same update:
     torch.testing.assert_close(ours.state_dict()["bn1.running_mean"],
@@ -124,7 +124,6 @@ def test_mismatch_is_one_line_naming_keys_and_counts():
 MAIN = ("main",)
 FAMILIES = [  # (ours, torchvision's builder, its options, input size, outputs in train mode)
     ("alexnet_tv", "alexnet", {}, 63, MAIN),
-    ("resnext50_32x4d", "resnext50_32x4d", {}, 64, MAIN),  # grouped 3x3 convolutions
     ("vgg11_bn", "vgg11_bn", {}, 32, MAIN),
     ("densenet121", "densenet121", {}, 32, MAIN),
     ("googlenet", "googlenet", {"aux_logits": True, "init_weights": True}, 64,
@@ -145,7 +144,8 @@ def test_family_outputs_equal_torchvisions(name, builder, options, size, outputs
     graph, ours, state = imported(name, reference, input_shape=(3, size, size), **naming)
     assert state.naming == "torchvision" and not state.kept
     x = torch.randn(2, 3, size, size)
-    same_outputs(ours, reference, x, train=False)
+    # eval mode computes no auxiliary head: inception_v3 runs it at its smallest input, 75
+    same_outputs(ours, reference, x[:, :, :75, :75] if size == 299 else x, train=False)
     same_outputs(ours, reference, x, train=True, outputs=outputs)
 
 
