@@ -335,3 +335,19 @@ def test_cli_wrong_checkpoints_are_one_line_and_write_nothing(tmp_path, capsys):
     assert "mis-shaped" in one_line_error(capsys, "export", "resnet18", "--weights",
                                           tmp_path / "ten.pth", "-o", tmp_path / "m.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["obj.pth", "ten.pth"]
+
+
+@pytest.mark.parametrize("rule, message", [
+    ("{rename: '(', to: x}", r"rules\[0\]`: '\(' is not a regular expression"),
+    ("{sequentail: x}", r"rules\[0\]` has keys \['sequentail'\]: a rule is"),
+    ("{rename: '(c)', to: '{3}'}", r"rules\[0\].to` names group \{3\}, but the regex has 1"),
+    ("{rename: 'c(o)', to: '{1+1}'}", r"rules\[0\].to`: \{1\+1\} needs a number, but group 1 is 'o'"),
+])
+def test_a_malformed_naming_rule_fails_at_load_with_its_line(tmp_path, rule, message):
+    from cnngraph.errors import SpecError
+
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("name: bad\ninput: [3, 8, 8]\nmeta:\n  naming:\n    tv:\n      rules:\n"
+                    f"        - {rule}\nlayers:\n  - {{name: conv1, op: conv2d, out: 4, kernel: 3}}\n")
+    with pytest.raises(SpecError, match=rf"bad.yaml:4: `meta.naming.tv.{message}"):
+        cnngraph.load(spec)
