@@ -310,7 +310,7 @@ def test_cifar_within_channel_lrn_matches_numpy_and_onnxruntime(tmp_path):
     del torch
 
 
-def test_preprocessing_bgr_mean_and_scale_reach_infer(tmp_path):
+def test_preprocessing_bgr_mean_and_scale_reach_infer(tmp_path, caplog):
     """The mixed net's transform_param (mean 104/117/123 BGR, scale 0.017) through export and the
     runtime's image loading: the network sees (BGR pixel - mean) * scale, Caffe's input."""
     from PIL import Image
@@ -337,6 +337,7 @@ def test_preprocessing_bgr_mean_and_scale_reach_infer(tmp_path):
     bgr = rgb.transpose(2, 0, 1)[::-1].astype(np.float64)
     caffe = (bgr - np.array([104, 117, 123]).reshape(3, 1, 1)) * 0.017
     np.testing.assert_allclose(batch[0], caffe, rtol=1e-5, atol=1e-4)
+    assert "x.png: RGB -> BGR (the model's channel order)" in caplog.text
 
 
 # --- wrong inputs -----------------------------------------------------------------------------
