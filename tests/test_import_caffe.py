@@ -552,3 +552,13 @@ layer { name: "fc" type: "InnerProduct" bottom: "s" top: "fc" inner_product_para
     assert float(state["s.weight"].min()) == float(state["s.weight"].max()) == 1.0
     assert float(state["s.bias"].abs().max()) == 0.0
     assert float(state["fc.weight"].std()) == pytest.approx(math.sqrt(2 / (64 * 4 * 4)), rel=0.1)
+
+
+def test_eltwise_with_equal_coefficients_keeps_them_per_input(tmp_path):
+    text = INPUT + ('layer { name: "a" type: "ReLU" bottom: "data" top: "a" }\n'
+                    'layer { name: "s" type: "Eltwise" bottom: "data" bottom: "a" top: "s" '
+                    'eltwise_param { coeff: 0.5 coeff: 0.5 } }\n')
+    spec = caffe_spec(_write(tmp_path, text))
+    assert spec["layers"][-1] == {"name": "s", "op": "weighted_add", "inputs": ["data", "a"],
+                                  "coeffs": [0.5, 0.5]}
+    assert cnngraph.load(spec)["s"].shape == ("N", 3, 8, 8)
