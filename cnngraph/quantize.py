@@ -15,6 +15,7 @@ the ReLU after it fuses into that QLinearConv. See docs/int8.md.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import tempfile
@@ -126,7 +127,7 @@ def labelled_inputs(source: str, meta, num_classes: int | None, split: str, limi
     `limit`, a seeded random subset of that many (all classes, not the first ones)."""
     import torch
 
-    from .data import load_data, to_input
+    from .data import to_input
     from .files import MAX_DATA_BYTES
     from .runtime.inputs import normalize
 
@@ -135,7 +136,7 @@ def labelled_inputs(source: str, meta, num_classes: int | None, split: str, limi
                          "the dataset is unknown; export it with `cnngraph export`")
     shape = tuple(meta.input_shape)
     name, fraction = dataset_source(source)
-    dataset = load_data(name, shape, fraction)
+    dataset = _loaded(name, shape, fraction)
     x, y = (dataset.x_train, dataset.y_train) if split == "train" else (dataset.x_val, dataset.y_val)
     if len(y) == 0:
         raise DataError(f"{source}: its {split} split is empty")
@@ -160,6 +161,13 @@ def labelled_inputs(source: str, meta, num_classes: int | None, split: str, limi
         inputs[i:i + 256] = normalize(pixels.numpy(), meta)
     label = f"{source} ({split} split)" if name == source else f"{source}: {name} ({split} split)"
     return inputs, y.astype(np.int64), label
+
+
+@functools.lru_cache(maxsize=1)
+def _loaded(name: str, shape: tuple, fraction: float):
+    """The dataset, read once for calibration and the gate alike (the glyphs take seconds)."""
+    from .data import load_data
+    return load_data(name, shape, fraction)
 
 
 def top1(session, x: np.ndarray, y: np.ndarray) -> float:
