@@ -221,9 +221,11 @@ def test_torchvision_checkpoint_to_my_folder_to_export_and_infer(tmp_path, capsy
             pixels[..., channel] += 150
             Image.fromarray(pixels).save(tmp_path / "photos" / name / f"{i}.png")
     run, onnx_file = tmp_path / "run", tmp_path / "photos.onnx"
-    assert main(["train", "resnet18", "--weights", str(tmp_path / "resnet18.pth"), "--data",
-                 str(tmp_path / "photos"), "--freeze", "flatten", "--epochs", "1",
-                 "--batch-size", "4", "--out", str(run)]) == 0
+    # `cnngraph train resnet18 --weights resnet18.pth --data photos --freeze flatten ...`,
+    # at 64x64 to keep the test short (ResNet's global pooling takes any size)
+    train(cnngraph.load("resnet18", input_shape=[3, 64, 64]), str(tmp_path / "photos"),
+          weights=tmp_path / "resnet18.pth", freeze="flatten", epochs=1, batch_size=4, out=run,
+          progress=False)
     graph, state, info = load_run(run)
     assert graph.num_classes == 2 and info["classes"] == ["cat", "dog"]
     model = cnngraph.build(graph).eval()
@@ -240,3 +242,24 @@ def test_torchvision_checkpoint_to_my_folder_to_export_and_infer(tmp_path, capsy
                  "--top-k", "2", "--json"]) == 0
     ranked = json.loads(capsys.readouterr().out)[0]["top_k"]
     assert {r["class"] for r in ranked} == {"cat", "dog"}
+
+
+def test_input_normalisation_is_the_one_the_weights_expect(files, tmp_path):
+    """A naming that declares its normalisation (as torchvision's googlenet does) wins over
+    meta.normalize, which wins over the data's statistics."""
+    spec, path, data, ckpt = files
+    naming = {"other": {"normalize": {"mean": [0.5], "std": [0.25]},
+                        "rules": [{"rename": "^conv", "to": "c"}]}}
+    net = {**NET, "meta": {"normalize": {"mean": [0.1], "std": [0.2]}, "naming": naming}}
+    renamed = {k.replace("conv", "c", 1) if k.startswith("conv") else k: v
+               for k, v in ckpt.items()}
+    save_file(renamed, tmp_path / "theirs.safetensors")
+    options = {**OPTIONS, "epochs": 1, "freeze": "flatten"}
+    for name, weights, expected in (("a", "theirs.safetensors", [[0.5], [0.25]]),
+                                    ("b", path, [[0.1], [0.2]])):
+        train(net, str(data), out=tmp_path / name, weights=tmp_path / weights, **options)
+        info = json.loads((tmp_path / name / "info.json").read_text())
+        assert [info["normalize"]["mean"], info["normalize"]["std"]] == expected
+        assert info["start"]["naming"] == ("other" if name == "a" else "cnngraph")
+        trained = _weights(tmp_path / name)
+        assert torch.equal(trained["conv1.weight"], ckpt["conv1.weight"])

@@ -95,7 +95,7 @@ def run(args) -> int:
         if args.int8:
             from .quantize import quantize
             final = args.output or Path(folder) / "model.int8.onnx"
-            if quantize(float_path, final, args):
+            if quantize(float_path, final, args, scratch=args.output is None):
                 return 1
         elif args.output is not None:
             size = args.output.stat().st_size / 1e6
