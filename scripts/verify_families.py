@@ -6,11 +6,14 @@ does this for the smallest variant of each family; this script is the full list,
 
 --size runs each net at that input resolution (default 64: onnxruntime's float16 kernels are
 slow on a CPU, and EfficientNet-B7 at its own 600x600 is 38 GMACs a sample; the layers and
-weights are the same at any size); --size 0 keeps each variant's own resolution. Prints one line
+weights are the same at any size); --size 0 keeps each variant's own resolution; --in-process
+runs the commands in this one process. Prints one line
 per export: name, input, precision, worst relative error, PASS/FAIL, seconds."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import re
 import subprocess
 import sys
@@ -30,11 +33,27 @@ FAMILIES += ["squeezenet1_0", "squeezenet1_1"] + [
 CLI = str(Path(sys.executable).with_name("cnngraph"))
 
 
+def run_in_process(argv: list[str], check: bool = False, **_) -> subprocess.CompletedProcess:
+    """`cnngraph ARGS` through cnngraph.cli.main, its output captured as subprocess.run's."""
+    from cnngraph.cli import main as cli
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        code = cli(argv[1:])
+    if check and code:
+        raise subprocess.CalledProcessError(code, argv)
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), "")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="*", default=FAMILIES)
     parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--in-process", action="store_true",
+                        help="run the same export and verify commands in this process (no "
+                        "start-up of torch and onnxruntime per command: for a busy machine)")
     args = parser.parse_args()
+    command = run_in_process if args.in_process else subprocess.run
     failed = 0
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.names:
@@ -44,9 +63,9 @@ def main() -> int:
             for fp16 in (False, True):
                 path = Path(tmp) / f"{name}{'_fp16' if fp16 else ''}.onnx"
                 start = time.perf_counter()
-                subprocess.run([CLI, "export", str(spec), "-o", str(path)] + ["--fp16"] * fp16,
+                command([CLI, "export", str(spec), "-o", str(path)] + ["--fp16"] * fp16,
                                check=True, capture_output=True)
-                run = subprocess.run([CLI, "verify", str(path), "--against", str(spec)],
+                run = command([CLI, "verify", str(path), "--against", str(spec)],
                                      capture_output=True, text=True)
                 worst = re.search(r"worst relative error (\S+)", run.stdout)
                 failed += run.returncode != 0
