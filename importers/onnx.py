@@ -12,8 +12,10 @@ a node whose semantics the mapping got wrong is an error, not a silently differe
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -135,6 +137,21 @@ def _fix_batch(proto) -> None:
             dims[0].dim_value = ANALYSIS_BATCH
 
 
+@contextmanager
+def _quiet():
+    """The tools' log messages (onnx-ir warns about each oddity of a damaged model) held back:
+    what is wrong reaches the user as one error line, or not at all."""
+    loggers = [logging.getLogger(name) for name in ("onnx_ir", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def _prepare(proto, path: Path):
     """The model in onnx-ir form, converted to opset >= 13, its non-cnngraph functions inlined,
     shapes inferred and constants folded (every constant an initializer)."""
@@ -150,7 +167,8 @@ def _prepare(proto, path: Path):
 
     def step(what: str, fn: Callable):
         try:
-            return fn()
+            with _quiet():
+                return fn()
         except CnnGraphError:
             raise
         except Exception as exc:  # noqa: BLE001 - the tools' errors are many; one line each
@@ -213,7 +231,7 @@ def _node_name(node) -> str:
     """A readable base name for a node: the exporter's path without its trailing op part
     ('layer1.0.conv1/Conv_4' -> 'layer1_0_conv1', '/layer1/layer1.0/conv1/Conv' ->
     'layer1_layer1_0_conv1'), else the op type."""
-    name = node.name or ""
+    name = _text(node.name or "")
     parts = [p for p in name.split("/") if p]
     if len(parts) > 1 and parts[-1].split("_")[0] in (node.op_type, node.op_type + "s"):
         parts = parts[:-1]
@@ -287,20 +305,20 @@ class _Importer:
             if id(node) in self.done:
                 continue
             if node.op_type == "DeformConv" and _domain(node) in ("", CNNGRAPH_DOMAIN):
-                self._offset_conv(node)
+                self._guarded(node, self._offset_conv, node)
             elif not _domain(node) and node.op_type in PATTERNS:
-                getattr(self, PATTERNS[node.op_type])(node)
+                self._guarded(node, getattr(self, PATTERNS[node.op_type]), node)
         for node in self.graph:
             if id(node) in self.done:
                 continue
             self.node = node
             if id(node) in self.patterns:  # the last node of a pattern: its layer
-                self.patterns.pop(id(node))()
+                self._guarded(node, self.patterns.pop(id(node)))
                 continue
             method = HANDLERS.get((_domain(node), node.op_type))
             if method is None:
                 self.refuse(f"has no cnngraph equivalent; supported: {supported()}")
-            getattr(self, method)(node)
+            self._guarded(node, getattr(self, method), node)
         self.node = None
         spec["layers"] = self.layers
         spec["outputs"] = self._outputs()
@@ -310,6 +328,19 @@ class _Importer:
         self._check(spec)
         state = {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in self.state.items()}
         return spec, state
+
+    def _guarded(self, node, fn: Callable, *args) -> None:
+        """fn(*args); an attribute or input of a type or size ONNX does not allow (a damaged or
+        hand-made file: a missing axis, a string where a number goes, a weight whose bytes do
+        not fill its shape) is one error naming the node."""
+        try:
+            fn(*args)
+        except CnnGraphError:
+            raise
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError) as exc:
+            text = " ".join(str(exc).split())[:200]
+            self.refuse(f"has attributes or inputs that are not valid ONNX ({type(exc).__name__}: "
+                        f"{text}); the file is damaged or was written by a faulty tool", node)
 
     def _live(self) -> set[int]:
         """id() of the nodes the outputs' tensors flow through. Nodes that only compute a
@@ -327,8 +358,8 @@ class _Importer:
 
     def refuse(self, why: str, node=None):
         node = node or self.node
-        raise InputError(f"{self.path}: node '{node.name}' ({_domain(node) + '.' if _domain(node) else ''}"
-                           f"{node.op_type}) {why}")
+        domain = _domain(node) + "." if _domain(node) else ""
+        raise InputError(f"{self.path}: node '{_text(node.name)}' ({domain}{_text(node.op_type)}) {why}")
 
     def _spec_name(self) -> str:
         """The graph's name when cnngraph wrote the model (the spec's name), else the file's
@@ -487,6 +518,8 @@ class _Importer:
         if attribute is None:
             return default
         value = attribute.value
+        if isinstance(value, bytes):  # a string attribute; a damaged one is not UTF-8
+            return _text(value)
         return tuple(value) if isinstance(value, (list, tuple)) else value
 
     def computed(self, node=None) -> list:
@@ -524,7 +557,6 @@ class _Importer:
         """[top, left, bottom, right] from `pads` or `auto_pad` (resolved on the known input
         size, as ONNX defines it)."""
         auto = self.attr("auto_pad", "NOTSET", node)
-        auto = auto.decode() if isinstance(auto, bytes) else auto
         if auto in ("NOTSET", ""):
             pads = list(self.attr("pads", (0, 0, 0, 0), node))
             if len(pads) != 4 or min(pads) < 0:
@@ -1150,7 +1182,8 @@ class _Importer:
         terms, coeffs, muls = [], [], []
         for value in add.inputs:
             mul = value.producer() if value is not None else None
-            consts = [v for v in (mul.inputs if mul is not None else ()) if v.const_value is not None]
+            consts = [v for v in (mul.inputs if mul is not None else ())
+                      if v is not None and v.const_value is not None]
             if (mul is not None and mul.op_type == "Mul" and not _domain(mul) and len(mul.inputs) == 2
                     and len(consts) == 1 and consts[0].const_value.size == 1
                     and mul.inputs[0] is not mul.inputs[1]):
@@ -1309,7 +1342,7 @@ def _domain(node) -> str:
 
 
 def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def _dims(value) -> tuple | None:

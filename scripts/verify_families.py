@@ -7,8 +7,11 @@ does this for the smallest variant of each family; this script is the full list,
 --size runs each net at that input resolution (default 64: onnxruntime's float16 kernels are
 slow on a CPU, and EfficientNet-B7 at its own 600x600 is 38 GMACs a sample; the layers and
 weights are the same at any size); --size 0 keeps each variant's own resolution; --in-process
-runs the commands in this one process. Prints one line
-per export: name, input, precision, worst relative error, PASS/FAIL, seconds."""
+runs the commands in this one process (no start-up per command). The weights are
+a seeded initialisation with random batch-norm statistics and affine terms (a fresh network's
+are 0 and 1, and a fresh EfficientNet's logits are then about 1e-14, below float16's range),
+saved and given to both commands with --weights. Prints one line per export: name, input,
+precision, worst relative error, PASS/FAIL, seconds."""
 from __future__ import annotations
 
 import argparse
@@ -21,6 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+from safetensors.torch import save_file
+
 import cnngraph
 
 FAMILIES = ["mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large"] + [
@@ -31,6 +37,20 @@ FAMILIES += ["squeezenet1_0", "squeezenet1_1"] + [
     f"regnet_{k}_{s}" for k in "xy" for s in ("400mf", "800mf", "1_6gf", "3_2gf", "8gf", "16gf")] + [
     f"convnext_{s}" for s in ("tiny", "small", "base", "large")]
 CLI = str(Path(sys.executable).with_name("cnngraph"))
+
+
+def random_weights(graph) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    module = cnngraph.build(graph)
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+        if type(m).__name__ == "LayerScale":  # ConvNeXt's start at 1e-6: make the blocks count
+            m.weight.data.uniform_(0.5, 1.5)
+    return {k: v.contiguous() for k, v in module.state_dict().items()}
 
 
 def run_in_process(argv: list[str], check: bool = False, **_) -> subprocess.CompletedProcess:
@@ -60,13 +80,16 @@ def main() -> int:
             graph = cnngraph.load(name, input_shape=[3, args.size, args.size] if args.size else None)
             spec = Path(tmp) / f"{name}.yaml"  # the variant, at that input size
             cnngraph.save_spec(graph.spec, spec)
+            weights = Path(tmp) / f"{name}.safetensors"
+            save_file(random_weights(graph), weights)
             for fp16 in (False, True):
                 path = Path(tmp) / f"{name}{'_fp16' if fp16 else ''}.onnx"
                 start = time.perf_counter()
-                command([CLI, "export", str(spec), "-o", str(path)] + ["--fp16"] * fp16,
-                               check=True, capture_output=True)
-                run = command([CLI, "verify", str(path), "--against", str(spec)],
-                                     capture_output=True, text=True)
+                given = ["--weights", str(weights)]
+                command([CLI, "export", str(spec), "-o", str(path), *given]
+                        + ["--fp16"] * fp16, check=True, capture_output=True)
+                run = command([CLI, "verify", str(path), "--against", str(spec), *given],
+                              capture_output=True, text=True)
                 worst = re.search(r"worst relative error (\S+)", run.stdout)
                 failed += run.returncode != 0
                 print(f"{name:<20} {'x'.join(map(str, graph.input_shape))}  "
