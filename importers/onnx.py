@@ -850,6 +850,14 @@ class _Importer:
             self.refuse("is not a 2-D pool")
         self.emit("global_avg_pool2d", [node.inputs[0]])
 
+    @handles("GlobalMaxPool")
+    def global_max_pool(self, node):
+        """The maximum over the whole (fixed-size) map: a max_pool2d of its size."""
+        shape = self.in_shape()
+        if len(shape) != 4:
+            self.refuse("is not a 2-D pool")
+        self.emit("max_pool2d", [node.inputs[0]], kernel=list(shape[2:]))
+
     @handles("ReduceMean")
     def reduce_mean(self, node):
         """The mean over H and W (how dynamo writes adaptive_avg_pool2d(x, 1) and x.mean((2, 3))):
