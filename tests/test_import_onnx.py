@@ -614,3 +614,19 @@ def test_damaged_bytes_never_escape_as_other_errors():
             from_onnx(path)
         except CnnGraphError as exc:
             assert "\n" not in str(exc)
+
+
+def test_layer_names_are_valid_unique_identifiers(tmp_path):
+    """Node names become identifiers: the exporter's op suffix dropped, other characters '_',
+    no leading digit, unique, never a torch.nn.Module attribute (the builder refuses those),
+    an unnamed node named by its op type."""
+    node = helper.make_node
+    nodes = [node("Relu", ["x"], ["a"], name="block.1/conv/Relu"),
+             node("Relu", ["a"], ["b"], name="block.1/conv/Relu_7"),
+             node("Sigmoid", ["b"], ["c"], name="train"),
+             node("Tanh", ["c"], ["d"], name="3rd layer!"),
+             node("Relu", ["d"], ["y"], name="")]
+    spec, _ = from_onnx(_save_single(tmp_path, nodes, [], out_shape=["N", 3, 8, 8]))
+    assert [layer["name"] for layer in spec["layers"]] == [
+        "block_1_conv", "block_1_conv_2", "train_2", "tanh_3rd_layer", "relu"]
+    assert spec["outputs"] == [{"name": "y", "from": "relu"}]
