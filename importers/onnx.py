@@ -1,11 +1,12 @@
 """ONNX -> cnngraph spec: `from_onnx(path) -> (spec, state_dict)`.
 
-The model is read bounded (cnngraph/files.py's read_onnx, no external data), brought to a
-standard form by library tooling -- onnx's version converter (opset 13 at least), its inliner
-(model-local functions, except the `cnngraph` domain's, which map to ops), its shape
-inference, and onnxscript's constant folding -- and then read node by node: each node becomes
-one layer of a flat spec (a few patterns become one layer: MatMul + Add is a linear layer, a
-DeformConv's offset convolution is part of it), its constant inputs become the layer's weights.
+The model is read bounded (cnngraph/files.py's read_onnx; external weights only from its own
+folder), brought to a standard form by library tooling -- onnx's version converter (opset 13 at
+least), its inliner (model-local functions, except the `cnngraph` domain's, which map to ops),
+its shape inference, and onnxscript's constant folding -- and then read node by node: each node
+becomes one layer of a flat spec (a few patterns become one layer: MatMul + Add is a linear
+layer, a DeformConv's offset convolution is part of it, the Erf form of GELU is a gelu), its
+constant inputs become the layer's weights.
 The spec is loaded at the end and every layer's shape is compared with the one ONNX infers, so
 a node whose semantics the mapping got wrong is an error, not a silently different network.
 """
