@@ -107,20 +107,22 @@ def speed(models: list[str], runs: int) -> list[dict]:
     return rows
 
 
-def accuracy(nets: list[str], epochs: int, folder: Path) -> list[dict]:
+def accuracy(nets: list[str], epochs: int, folder: Path, train_samples: int | None) -> list[dict]:
     from cnngraph.train import train
     rows = []
     for name in nets:
         spec = str(GLYPH_RESNET) if name == "glyph_resnet" else name
         run = folder / name
         t0 = time.process_time()
-        train(spec, "glyphs", out=run, progress=False, epochs=epochs, device="cpu", seed=0)
+        train(spec, "glyphs", out=run, progress=False, epochs=epochs, device="cpu", seed=0,
+              train_samples=train_samples)
         trained = time.process_time() - t0
         subprocess.run([sys.executable, "-m", "cnngraph.cli", "export", str(run), "-o",
                         str(folder / f"{name}.onnx")], check=True, capture_output=True)
         gate = quantize_file(folder / f"{name}.onnx", folder / f"{name}.int8.onnx",
                              calibrate=str(run), say=lambda m: None)
-        row = {"net": name, "epochs": epochs, "train_cpu_s": round(trained, 1),
+        row = {"net": name, "epochs": epochs, "train_samples": train_samples or 20000,
+               "train_cpu_s": round(trained, 1),
                "float_top1": gate.float_top1, "int8_top1": gate.int8_top1,
                "drop_points": round(gate.drop, 2), "samples": gate.samples}
         rows.append(row)
@@ -147,15 +149,18 @@ def main() -> None:
     p.add_argument("--accuracy", action="store_true")
     p.add_argument("--nets", default="lenet5,glyph_resnet,dcn_net_plain,lrn_within_net")
     p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--train-samples", type=int, help="train on the first N glyphs only")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     print(f"machine: {machine()}; load average {os.getloadavg()[0]:.1f}", flush=True)
     if args.accuracy:
         with tempfile.TemporaryDirectory(prefix="bench-int8-acc-") as folder:
-            rows = accuracy(args.nets.split(","), args.epochs, Path(folder))
-        print("\n| net | epochs | float top-1 | int8 top-1 | drop (points) |\n|---|---|---|---|---|")
+            rows = accuracy(args.nets.split(","), args.epochs, Path(folder), args.train_samples)
+        print("\n| net | epochs × samples | float top-1 | int8 top-1 | drop (points) |\n"
+              "|---|---|---|---|---|")
         for r in rows:
-            print(f"| {r['net']} | {r['epochs']} | {100 * r['float_top1']:.2f} % | "
+            print(f"| {r['net']} | {r['epochs']} × {r['train_samples']} | "
+                  f"{100 * r['float_top1']:.2f} % | "
                   f"{100 * r['int8_top1']:.2f} % | {r['drop_points']:+.2f} |")
     else:
         rows = speed(args.models.split(","), args.runs)

@@ -16,7 +16,7 @@ from .errors import CnnGraphError, one_line
 
 COMMANDS = ["zoo", "show", "ops", "train", "export", "verify", "infer", "bench", "demo",
             "importer",  # importer: `cnngraph import` (the module cannot be named import)
-            "quantize"]
+            "quantize", "weights"]
 
 
 class UsageError(CnnGraphError):

@@ -82,3 +82,21 @@ def batch_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(
             f"must be integers >= 1 and <= {MAX_BATCH:,} separated by commas, not {text!r}"
         ) from None
+
+
+WEIGHT_FILES = ("a .safetensors file or a torch state_dict (.pth/.pt), named by cnngraph or by "
+                "torchvision (recognised from the keys; docs/pretrained.md)")
+
+
+def add_weights(parser: argparse.ArgumentParser, default: str) -> None:
+    """`--weights FILE` and `--naming NAME`, as every command that takes weights has them
+    (export, verify, bench, weights, train); `default` says what is used without --weights.
+    cnngraph.pretrained.load_weights loads what they name."""
+    from pathlib import Path
+
+    parser.add_argument("--weights", type=Path, metavar="FILE",
+                        help=f"{WEIGHT_FILES} (default: {default})")
+    parser.add_argument("--naming", metavar="NAME",
+                        help="whose names the weights have, where the keys fit several: "
+                             "torchvision's inception_v3 has ours, but its own input "
+                             "normalisation (default: recognised from the keys)")

@@ -20,6 +20,7 @@ that matches most keys wins, and must then match every key with the right shape.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -82,8 +83,11 @@ def import_weights(graph: Graph, source: str | Path | Mapping[str, torch.Tensor]
     declares an input normalisation (torchvision's googlenet normalises inside), it becomes
     graph.meta["normalize"] unless `update_meta` is False. A WeightsError (one line) names the
     unmatched, missing and mis-shaped keys of the closest naming."""
-    what = str(source) if isinstance(source, (str, Path)) else "the state_dict"
-    state = read(source) if isinstance(source, (str, Path)) else _checked(source, what)
+    if isinstance(source, (str, Path)):
+        state, what = _read(Path(source))
+    else:
+        what = "the state_dict"
+        state = _checked(source, what)
     if state and all(k.startswith("module.") for k in state):  # saved from a DataParallel
         state = {k[len("module."):]: v for k, v in state.items()}
     ignored = tuple(ignore)
@@ -102,7 +106,7 @@ def import_weights(graph: Graph, source: str | Path | Mapping[str, torch.Tensor]
     out.naming, out.reshaped, out.kept = name, [], []
     out.alike = [n for n in namings if n != name and namings[n].keys() == mapping.keys()]
     unmatched = [k for k in state if k not in mapping]
-    missing, wrong = [], []
+    missing, wrong, not_float = [], [], []
     train_only = set(graph.nodes) - graph.ancestors([o.node for o in graph.active_outputs(False)])
     for theirs, ours in mapping.items():
         if any(ours.startswith(p + ".") for p in ignored):
@@ -114,6 +118,9 @@ def import_weights(graph: Graph, source: str | Path | Mapping[str, torch.Tensor]
                 missing.append(theirs)
             continue
         tensor, shape = state[theirs], tuple(expected[ours].shape)
+        if expected[ours].is_floating_point() and not tensor.is_floating_point():
+            not_float.append(f"{theirs} ({str(tensor.dtype).removeprefix('torch.')})")
+            continue
         if tuple(tensor.shape) != shape:
             if _squeezed(tensor.shape) == _squeezed(shape):
                 tensor = tensor.reshape(shape)
@@ -122,6 +129,9 @@ def import_weights(graph: Graph, source: str | Path | Mapping[str, torch.Tensor]
                 wrong.append(f"{theirs} {tuple(tensor.shape)} (expected {shape})")
                 continue
         out[ours] = tensor
+    if not_float:
+        raise WeightsError(f"{what}: non-floating tensors where the network has weights: "
+                           f"{_first(not_float)}; are these the right weights?")
     if unmatched or missing or wrong:
         raise WeightsError(_mismatch(graph, what, name, len(state), unmatched, missing, wrong,
                                      list(namings)))
@@ -134,6 +144,8 @@ def import_weights(graph: Graph, source: str | Path | Mapping[str, torch.Tensor]
                 out.kept.append(key)
     out.matched = len(out) - len(out.kept)
     normalize = declared.get(name, {}).get("normalize")
+    if name == OWN and isinstance(source, (str, Path)):
+        normalize = recorded_normalize(Path(source))  # a file `cnngraph weights` converted
     out.normalize = normalize
     if normalize and update_meta:
         graph.meta["normalize"] = normalize
@@ -142,23 +154,83 @@ def import_weights(graph: Graph, source: str | Path | Mapping[str, torch.Tensor]
     return out
 
 
+def load_weights(graph: Graph, module: torch.nn.Module, path: str | Path, *,
+                 naming: str | None = None, ignore: Iterable[str] = (), say=None) -> Imported:
+    """The command line's --weights (options.add_weights): `path` imported for `graph` and
+    loaded into `module` (built from it); a note through `say` (default: a line on stderr,
+    which keeps a command's stdout, a table or JSON, clean) where it was not cnngraph's own
+    naming, or some tensors were kept from the fresh build."""
+    state = import_weights(graph, path, naming=naming, ignore=ignore)
+    module.load_state_dict(state, strict=True)
+    if state.naming != OWN or state.kept or state.reshaped:
+        message = f"note: {path}: {state.summary()}"
+        say(message) if say else print(message, file=sys.stderr)
+    return state
+
+
+NORMALIZE_KEY = "cnngraph.normalize"  # safetensors metadata: the normalisation to import with
+
+
+def recorded_normalize(path: Path) -> dict | None:
+    """The input normalisation a safetensors file records under NORMALIZE_KEY (`cnngraph
+    weights` writes it where the naming declared one), or None."""
+    import json
+
+    from .files import _format
+
+    try:
+        if _format(path) != "safetensors":
+            return None
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            text = (f.metadata() or {}).get(NORMALIZE_KEY)
+        norm = json.loads(text) if text else None
+    except Exception:  # noqa: BLE001 - unreadable metadata: the weights were read already
+        return None
+    ok = isinstance(norm, dict) and set(norm) == {"mean", "std"} and all(
+        isinstance(v, list) and v and all(isinstance(x, (int, float)) for x in v)
+        for v in norm.values()) and all(x > 0 for x in norm["std"])
+    return norm if ok else None
+
+
+def to_safetensors(state: Imported, graph: Graph) -> bytes:
+    """`state` as safetensors bytes, recording the network, the naming it came from and the
+    normalisation it needs (NORMALIZE_KEY) in the file's metadata."""
+    import json
+
+    from safetensors.torch import save
+
+    metadata = {"cnngraph.network": graph.name, "cnngraph.naming": state.naming}
+    if state.normalize:
+        metadata[NORMALIZE_KEY] = json.dumps(state.normalize)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+    return save(tensors, metadata=metadata)
+
+
 def read(path: str | Path) -> dict[str, torch.Tensor]:
     """The state_dict in a .safetensors or torch file (files.read_weights: nothing in it runs,
     NaN/inf refused); a training checkpoint holding it under 'state_dict' or 'model' (as
     torchvision's reference scripts save) is unwrapped."""
+    return _read(Path(path))[0]
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """(state_dict, how messages name it)."""
     from .files import read_weights
 
     try:
-        return read_weights(Path(path))
+        return read_weights(path), str(path)
     except ExportError as exc:
         if "it holds a dict under" not in str(exc):
             raise WeightsError(str(exc)) from None
     from .files import WEIGHT_FORMATS, load_torch
 
-    loaded = load_torch(Path(path), WeightsError, "weights", WEIGHT_FORMATS)
+    loaded = load_torch(path, WeightsError, "weights", WEIGHT_FORMATS)
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(loaded.get(key), Mapping):
-            return _checked(loaded[key], f"{path} (its {key!r})")
+            what = f"{path} (the state_dict under {key!r})"
+            return _checked(loaded[key], what), what
     raise WeightsError(f"{path}: expected a state_dict (names -> tensors), or a checkpoint "
                        "holding one under 'state_dict' or 'model'")
 
@@ -326,5 +398,6 @@ def _mismatch(graph: Graph, what: str, naming: str, total: int, unmatched: list,
     return (f"{what} fits '{graph.name}' under none of its namings "
             f"({', '.join(namings)}); closest is {naming}, with {total - len(unmatched)} of "
             f"{total} keys named alike: " + "; ".join(parts) + ". Use a checkpoint of this network "
-            "(the same variant and number of classes), or leave out the layers to "
-            "re-initialise (import_weights(..., ignore=[the head]))")
+            "(the same variant and number of classes); to start from one with another head, "
+            "`cnngraph train --weights` re-initialises it (Python: import_weights(..., "
+            "ignore=[its layers]))")

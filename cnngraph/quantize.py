@@ -15,6 +15,7 @@ the ReLU after it fuses into that QLinearConv. See docs/int8.md.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import tempfile
@@ -33,7 +34,8 @@ CUSTOM_DOMAIN = "cnngraph"            # exported custom ops: kept in float (thei
 META_KEY = "cnngraph.quantization"    # how the model was calibrated, and the gate's figures
 CALIBRATION_BATCH = 16
 EVAL_BATCH = 64
-MAX_SAMPLES = 100_000                 # calibration or evaluation samples one run may ask for
+MAX_SAMPLES = 10_000                  # calibration or evaluation samples one run may ask for
+EVAL_SAMPLES = 10_000                 # the gate scores at most this many (a seeded subset)
 QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
              "MatMulInteger", "DynamicQuantizeLinear"}
 
@@ -125,7 +127,8 @@ def labelled_inputs(source: str, meta, num_classes: int | None, split: str, limi
     `limit`, a seeded random subset of that many (all classes, not the first ones)."""
     import torch
 
-    from .data import load_data, to_input
+    from .data import to_input
+    from .files import MAX_DATA_BYTES
     from .runtime.inputs import normalize
 
     if meta.input_shape is None:
@@ -133,7 +136,7 @@ def labelled_inputs(source: str, meta, num_classes: int | None, split: str, limi
                          "the dataset is unknown; export it with `cnngraph export`")
     shape = tuple(meta.input_shape)
     name, fraction = dataset_source(source)
-    dataset = load_data(name, shape, fraction)
+    dataset = _loaded(name, shape, fraction)
     x, y = (dataset.x_train, dataset.y_train) if split == "train" else (dataset.x_val, dataset.y_val)
     if len(y) == 0:
         raise DataError(f"{source}: its {split} split is empty")
@@ -146,12 +149,25 @@ def labelled_inputs(source: str, meta, num_classes: int | None, split: str, limi
     if limit is not None and limit < len(y):
         pick = np.sort(np.random.default_rng(seed).permutation(len(y))[:limit])
         x, y = x[pick], y[pick]
-    pixels = to_input(torch.from_numpy(np.ascontiguousarray(x)).float(), shape)
-    if x.dtype == np.uint8:   # as an image file would arrive: whole pixel values
-        pixels = pixels.round().clamp(0, 255).to(torch.uint8)
-    inputs = normalize(pixels.numpy(), meta)
+    need = len(y) * int(np.prod(shape)) * 4
+    if need > MAX_DATA_BYTES:
+        raise DataError(f"{source}: {len(y):,} samples of {shape} take {need / 2**30:.1f} GiB as "
+                        "float32; ask for fewer (--samples, --eval-samples)")
+    inputs = np.empty((len(y), *shape), np.float32)
+    for i in range(0, len(y), 256):   # chunk by chunk: a resize holds a float copy of each
+        pixels = to_input(torch.from_numpy(np.ascontiguousarray(x[i:i + 256])).float(), shape)
+        if x.dtype == np.uint8:   # as an image file would arrive: whole pixel values
+            pixels = pixels.round().clamp(0, 255).to(torch.uint8)
+        inputs[i:i + 256] = normalize(pixels.numpy(), meta)
     label = f"{source} ({split} split)" if name == source else f"{source}: {name} ({split} split)"
-    return np.ascontiguousarray(inputs, dtype=np.float32), y.astype(np.int64), label
+    return inputs, y.astype(np.int64), label
+
+
+@functools.lru_cache(maxsize=1)
+def _loaded(name: str, shape: tuple, fraction: float):
+    """The dataset, read once for calibration and the gate alike (the glyphs take seconds)."""
+    from .data import load_data
+    return load_data(name, shape, fraction)
 
 
 def top1(session, x: np.ndarray, y: np.ndarray) -> float:
@@ -251,7 +267,8 @@ def quantize_file(src: Path, dst: Path, *, calibrate: str, data: str | None = No
                   settings: Settings | None = None, max_drop: float = 1.0,
                   eval_samples: int | None = None, say: Callable[[str], None] = print) -> Gate:
     """Quantize `src` into `dst`, calibrated on `calibrate`'s training split, gated on the
-    validation split of `data` (default: `calibrate`'s). A passing model is written to `dst`;
+    validation split of `data` (default: `calibrate`'s; all of it up to EVAL_SAMPLES, else a
+    seeded subset of `eval_samples`). A passing model is written to `dst`;
     a refused one to `dst` + ".rejected" (for inspection, never picked up as a model). Returns
     the gate; the caller decides the exit status."""
     from .files import atomic_write, read_onnx
@@ -268,7 +285,8 @@ def quantize_file(src: Path, dst: Path, *, calibrate: str, data: str | None = No
     out_dims = header.graph.output[0].type.tensor_type.shape.dim
     classes = out_dims[-1].dim_value if len(out_dims) == 2 and out_dims[-1].dim_value else None
     x_cal, _, cal_name = labelled_inputs(calibrate, meta, classes, "train", settings.samples)
-    x_val, y_val, val_name = labelled_inputs(data or calibrate, meta, classes, "val", eval_samples)
+    x_val, y_val, val_name = labelled_inputs(data or calibrate, meta, classes, "val",
+                                             eval_samples or EVAL_SAMPLES)
     say(f"calibrating on {len(x_cal)} samples of {cal_name}, method {settings.method}")
     with tempfile.TemporaryDirectory(prefix="cnngraph-int8-") as folder:
         model = quantize_model(Path(src), x_cal, settings, cal_name, Path(folder), calibrate)

@@ -185,7 +185,7 @@ class _Converter:
         self.names: set[str] = set()
         self.order: dict[str, None] = {}        # blobs in the order they were first made
         self.weights: dict[str, tuple] = {}     # Caffe layer -> (type, spec name, blob shapes)
-        self.folded: dict[str, str] = {}        # batch_norm spec layer -> its Scale's Caffe layer
+        self.folded: set[str] = set()           # batch_norm spec layers a Scale was folded into
         self.bn_of: dict[str, str] = {}         # batch_norm spec layer -> its BatchNorm Caffe layer
         self.transform = None                   # (TransformationParameter, input names)
         self.init: dict[str, dict] = {}         # spec layer -> meta.init rules from its fillers
@@ -229,12 +229,11 @@ class _Converter:
         self.spec = self._spec()
         return self
 
-    @staticmethod
-    def _included(layer, state) -> bool:
+    def _included(self, layer, state) -> bool:
         """Caffe's rule for phase TEST (with the file's level and stages)."""
         if len(layer.include) and len(layer.exclude):
-            raise InputError(f"layer '{layer.name}': give include or exclude rules, not both "
-                             "(Caffe refuses both)")
+            raise InputError(one_line(f"{self.path}: layer '{layer.name}': give include or "
+                                      "exclude rules, not both (Caffe refuses both)"))
 
         def meets(rule) -> bool:
             stages = set(state.stage)
@@ -254,7 +253,7 @@ class _Converter:
         if base[0].isdigit():
             base = "l_" + base
         name, n = base, 2
-        while name in self.names or name == "input" and self.inputs:
+        while name in self.names:
             name, n = f"{base}_{n}", n + 1
         self.names.add(name)
         return name
@@ -292,7 +291,8 @@ class _Converter:
         for key, value in attrs.items():  # written only where they differ from the defaults
             default = rules.attrs[key].default
             if default is REQUIRED or default is None or full[key] != rules.attrs[key].normalize(default):
-                pair = isinstance(value, list) and len(value) == 2 and value[0] == value[1]
+                pair = (rules.attrs[key].kind in ("ints", "padding") and isinstance(value, list)
+                        and len(value) == 2 and value[0] == value[1])
                 entry[key] = value[0] if pair else value
         self.layers.append(entry)
         self.shapes[name] = shape
@@ -528,7 +528,7 @@ class _Converter:
         bottom = layer.bottom[0]
         if (src in self.bn_of and src not in self.folded and self.used.get(src, 0) == 0
                 and len(layer.top) and (layer.top[0] == bottom or not self.read_later[index][bottom])):
-            self.folded[src] = layer.name  # BatchNorm + Scale = one batch_norm
+            self.folded.add(src)  # BatchNorm + Scale = one batch_norm
             self._params("scale", src, shapes, bias=p.bias_term)
             return self._produce(layer, src)
         if len(shape) != 4:

@@ -167,7 +167,7 @@ def test_freeze_unknown_path_names_close_ones(files, tmp_path, capsys):
                  "--freeze", "conv3", "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
-    assert "--freeze conv3" in err and "(close: conv1, conv2" in err, err
+    assert "--freeze conv3" in err and "(close: conv2, conv1)" in err, err
 
 
 def test_freeze_a_block_path_covers_the_whole_block():
@@ -192,3 +192,74 @@ def test_head_declared_in_the_spec_is_checked():
         cnngraph.load(spec)
     with pytest.raises(CnnGraphError, match="did you mean 'fc'"):
         cnngraph.load({**NET, "meta": {"head": ["fcc"]}})
+
+
+def test_torchvision_checkpoint_to_my_folder_to_export_and_infer(tmp_path, capsys):
+    """The README's path: torchvision's resnet18 checkpoint (its own names) fine-tuned on a
+    2-class image folder with everything but fc frozen, exported, verified, run. Independent
+    check: torchvision's own resnet18 with that .pth and our new fc gives our run's logits."""
+    pytest.importorskip("cnngraph.pretrained")
+    import sys
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from PIL import Image
+    from torchvision_ref import models
+    from cnngraph.train import load_run
+
+    tv = models()
+    torch.manual_seed(0)
+    reference = tv.resnet18()
+    for m in reference.modules():  # running stats that an import mix-up would show
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 1.5)
+    torch.save(reference.state_dict(), tmp_path / "resnet18.pth")
+    rng = np.random.default_rng(0)
+    for name, channel in (("cat", 0), ("dog", 2)):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        for i in range(6):
+            pixels = rng.integers(0, 80, (24, 24, 3), dtype=np.uint8)
+            pixels[..., channel] += 150
+            Image.fromarray(pixels).save(tmp_path / "photos" / name / f"{i}.png")
+    run, onnx_file = tmp_path / "run", tmp_path / "photos.onnx"
+    # `cnngraph train resnet18 --weights resnet18.pth --data photos --freeze flatten ...`,
+    # at 64x64 to keep the test short (ResNet's global pooling takes any size)
+    train(cnngraph.load("resnet18", input_shape=[3, 64, 64]), str(tmp_path / "photos"),
+          weights=tmp_path / "resnet18.pth", freeze="flatten", epochs=1, batch_size=4, out=run,
+          progress=False)
+    graph, state, info = load_run(run)
+    assert graph.num_classes == 2 and info["classes"] == ["cat", "dog"]
+    model = cnngraph.build(graph).eval()
+    model.load_state_dict(state)
+    reference.fc = torch.nn.Linear(512, 2)
+    reference.fc.load_state_dict({"weight": state["fc.weight"], "bias": state["fc.bias"]})
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference.eval()(x), rtol=1e-4, atol=1e-4)
+    assert main(["export", str(run), "-o", str(onnx_file)]) == 0
+    assert main(["verify", str(onnx_file), "--against", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["infer", str(onnx_file), str(tmp_path / "photos" / "dog" / "0.png"),
+                 "--top-k", "2", "--json"]) == 0
+    ranked = json.loads(capsys.readouterr().out)[0]["top_k"]
+    assert {r["class"] for r in ranked} == {"cat", "dog"}
+
+
+def test_input_normalisation_is_the_one_the_weights_expect(files, tmp_path):
+    """A naming that declares its normalisation (as torchvision's googlenet does) wins over
+    meta.normalize, which wins over the data's statistics."""
+    spec, path, data, ckpt = files
+    naming = {"other": {"normalize": {"mean": [0.5], "std": [0.25]},
+                        "rules": [{"rename": "^conv", "to": "c"}]}}
+    net = {**NET, "meta": {"normalize": {"mean": [0.1], "std": [0.2]}, "naming": naming}}
+    renamed = {k.replace("conv", "c", 1) if k.startswith("conv") else k: v
+               for k, v in ckpt.items()}
+    save_file(renamed, tmp_path / "theirs.safetensors")
+    options = {**OPTIONS, "epochs": 1, "freeze": "flatten"}
+    for name, weights, expected in (("a", "theirs.safetensors", [[0.5], [0.25]]),
+                                    ("b", path, [[0.1], [0.2]])):
+        train(net, str(data), out=tmp_path / name, weights=tmp_path / weights, **options)
+        info = json.loads((tmp_path / name / "info.json").read_text())
+        assert [info["normalize"]["mean"], info["normalize"]["std"]] == expected
+        assert info["start"]["naming"] == ("other" if name == "a" else "cnngraph")
+        trained = _weights(tmp_path / name)
+        assert torch.equal(trained["conv1.weight"], ckpt["conv1.weight"])

@@ -310,7 +310,7 @@ def test_cifar_within_channel_lrn_matches_numpy_and_onnxruntime(tmp_path):
     del torch
 
 
-def test_preprocessing_bgr_mean_and_scale_reach_infer(tmp_path):
+def test_preprocessing_bgr_mean_and_scale_reach_infer(tmp_path, caplog):
     """The mixed net's transform_param (mean 104/117/123 BGR, scale 0.017) through export and the
     runtime's image loading: the network sees (BGR pixel - mean) * scale, Caffe's input."""
     from PIL import Image
@@ -337,6 +337,7 @@ def test_preprocessing_bgr_mean_and_scale_reach_infer(tmp_path):
     bgr = rgb.transpose(2, 0, 1)[::-1].astype(np.float64)
     caffe = (bgr - np.array([104, 117, 123]).reshape(3, 1, 1)) * 0.017
     np.testing.assert_allclose(batch[0], caffe, rtol=1e-5, atol=1e-4)
+    assert "x.png: RGB -> BGR (the model's channel order)" in caplog.text
 
 
 # --- wrong inputs -----------------------------------------------------------------------------
@@ -551,3 +552,13 @@ layer { name: "fc" type: "InnerProduct" bottom: "s" top: "fc" inner_product_para
     assert float(state["s.weight"].min()) == float(state["s.weight"].max()) == 1.0
     assert float(state["s.bias"].abs().max()) == 0.0
     assert float(state["fc.weight"].std()) == pytest.approx(math.sqrt(2 / (64 * 4 * 4)), rel=0.1)
+
+
+def test_eltwise_with_equal_coefficients_keeps_them_per_input(tmp_path):
+    text = INPUT + ('layer { name: "a" type: "ReLU" bottom: "data" top: "a" }\n'
+                    'layer { name: "s" type: "Eltwise" bottom: "data" bottom: "a" top: "s" '
+                    'eltwise_param { coeff: 0.5 coeff: 0.5 } }\n')
+    spec = caffe_spec(_write(tmp_path, text))
+    assert spec["layers"][-1] == {"name": "s", "op": "weighted_add", "inputs": ["data", "a"],
+                                  "coeffs": [0.5, 0.5]}
+    assert cnngraph.load(spec)["s"].shape == ("N", 3, 8, 8)

@@ -18,16 +18,6 @@ SMALLEST = ["mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "mnasnet0_5
 SIZE = [3, 64, 64]
 
 
-def torchvision_weights(ours: torch.nn.Module, theirs: torch.nn.Module) -> dict:
-    """torchvision's state_dict under our names: both list the same tensors in the same order
-    (checked: shape and kind, e.g. running_var, of every pair)."""
-    a, b = ours.state_dict(), theirs.state_dict()
-    assert len(a) == len(b)
-    for (k1, v1), (k2, v2) in zip(a.items(), b.items()):
-        assert v1.shape == v2.shape and k1.rsplit(".", 1)[1] == k2.rsplit(".", 1)[1], (k1, k2)
-    return dict(zip(a, b.values()))
-
-
 def randomize_batch_norm(module: torch.nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
@@ -38,23 +28,41 @@ def randomize_batch_norm(module: torch.nn.Module) -> None:
 
 
 @pytest.mark.parametrize("name", SMALLEST)
-def test_outputs_equal_torchvision_in_eval_and_train_mode(name):
+def test_torchvision_weights_import_and_outputs_equal_in_eval_and_train_mode(name):
+    """torchvision's state_dict through import_weights (the family's meta.naming), then the
+    same outputs; in train mode dropout and stochastic depth draw the same numbers in the same
+    order, and the running statistics update alike."""
     tv = tv_models()
     torch.manual_seed(0)
     reference = getattr(tv, name)(weights=None)
     randomize_batch_norm(reference)
-    ours = cnngraph.build(cnngraph.load(name, input_shape=SIZE))
-    ours.load_state_dict(torchvision_weights(ours, reference))
+    graph = cnngraph.load(name, input_shape=SIZE)
+    state = cnngraph.import_weights(graph, reference.state_dict())
+    assert state.naming == "torchvision" and state.matched == len(reference.state_dict())
+    ours = cnngraph.build(graph)
+    ours.load_state_dict(state)
     x = torch.randn(2, *SIZE)
     with torch.no_grad():
         torch.testing.assert_close(ours.eval()(x), reference.eval()(x), rtol=1e-5, atol=1e-5)
         outputs = []
-        for model in (ours, reference):  # dropout and stochastic depth: the same draws
+        for model in (ours, reference):
             torch.manual_seed(1)
             outputs.append(model.train()(x))
     torch.testing.assert_close(*outputs, rtol=1e-5, atol=1e-5)
-    # training updated both sets of running statistics alike
-    torch.testing.assert_close(torchvision_weights(ours, reference), ours.state_dict())
+    torch.testing.assert_close(dict(cnngraph.import_weights(graph, reference.state_dict())),
+                               ours.state_dict())
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_large", "efficientnet_b5"])
+def test_larger_variants_take_torchvisions_names(name):
+    """The naming is declared once per family: every key of the larger variants too (on the
+    meta device: names and shapes, no arithmetic)."""
+    tv = tv_models()
+    with torch.device("meta"):
+        reference = getattr(tv, name)(weights=None)
+    graph = cnngraph.load(name)
+    state = cnngraph.import_weights(graph, reference.state_dict())
+    assert state.naming == "torchvision" and state.matched == len(reference.state_dict())
 
 
 @pytest.mark.parametrize("name", SMALLEST)

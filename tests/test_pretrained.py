@@ -4,6 +4,11 @@ outputs on the same input, so a wrong rename, a shifted nn.Sequential number or 
 tensor shows as a missing key, a mis-shaped key or a different output."""
 from __future__ import annotations
 
+import functools
+import gzip
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -87,20 +92,31 @@ def test_own_naming_round_trip_and_files(tmp_path):
         assert all(torch.equal(got[k], state[k]) for k in state), name
 
 
+def torchvision_state(name: str, **shapes) -> dict[str, torch.Tensor]:
+    """torchvision's state_dict of `name` (stored keys and shapes), zeros; `shapes` replaces
+    some (fc__weight=(10, 512) for the key fc.weight)."""
+    shapes = {k.replace("__", "."): v for k, v in shapes.items()}
+    return {k: torch.zeros(shapes.get(k, shape)) for k, shape in stored_keys()[name]}
+
+
 def test_mismatch_is_one_line_naming_keys_and_counts():
-    tv = models()
     with pytest.raises(WeightsError) as info:
-        cnngraph.import_weights(cnngraph.load("resnet34"), tv.resnet18().state_dict())
+        cnngraph.import_weights(cnngraph.load("resnet34"), torchvision_state("resnet18"))
     message = str(info.value)
     assert "\n" not in message and "closest is torchvision" in message
     assert "80 missing (layer1.2.conv1.weight" in message  # 3+4+6+3 vs 2+2+2+2 blocks: 8 more
-    state = tv.resnet18(num_classes=10).state_dict()
+    state = torchvision_state("resnet18", fc__weight=(10, 512), fc__bias=(10,))
     with pytest.raises(WeightsError, match=r"1 unmatched in the file \(extra.weight\); 2 "
                        r"mis-shaped \(fc.weight \(10, 512\) \(expected \(1000, 512\)\), fc.bias"):
         cnngraph.import_weights(cnngraph.load("resnet18"), {**state, "extra.weight": torch.ones(1)})
     # the head left out: everything else is taken, the head kept from a fresh build
     got = cnngraph.import_weights(cnngraph.load("resnet18"), state, ignore=["fc"])
     assert sorted(got.kept) == ["fc.bias", "fc.weight"] and got.matched == len(state) - 2
+    # a family's naming (googlenet's) does not fit another family (resnet18)
+    with pytest.raises(WeightsError, match=r"closest is \w+, with \d+ of 364 keys named alike"):
+        cnngraph.import_weights(cnngraph.load("resnet18"), torchvision_state("googlenet"))
+    with pytest.raises(WeightsError, match="naming 'timm': 'resnet18' knows cnngraph, torchvision"):
+        cnngraph.import_weights(cnngraph.load("resnet18"), state, naming="timm")
 
 
 # One variant per family, against torchvision's network at a small input (what the network
@@ -133,29 +149,52 @@ def test_family_outputs_equal_torchvisions(name, builder, options, size, outputs
     same_outputs(ours, reference, x, train=True, outputs=outputs)
 
 
-VARIANTS = ["alexnet_tv", "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19",
-            "vgg19_bn", "densenet121", "densenet161", "densenet169", "densenet201", "googlenet",
-            "inception_v3", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-            "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2",
-            "wide_resnet101_2"]
+KEYS = Path(__file__).parent / "data" / "torchvision_keys.json.gz"  # scripts/torchvision_keys.py
 
 
-@pytest.mark.parametrize("name", VARIANTS)
-def test_every_variant_imports_torchvisions_keys(name):
-    """Every key and shape of torchvision's network (built on the meta device: no memory)."""
+@functools.cache
+def stored_keys() -> dict[str, list]:
+    return json.loads(gzip.decompress(KEYS.read_bytes()))["models"]
+
+
+@pytest.mark.parametrize("name", sorted(stored_keys()))
+def test_every_variant_takes_torchvisions_keys_and_shapes(name):
+    """Every key and shape of torchvision's network, as stored from its definition (so this
+    runs without torchvision), renamed to ours: one tensor each, none left over, none kept
+    from a fresh build (import_weights compares them with the built network's state_dict)."""
+    state = {k: torch.empty(shape, device="meta") for k, shape in stored_keys()[name]}
+    got = cnngraph.import_weights(cnngraph.load(name), state, naming="torchvision")
+    assert got.matched == len(state) == len(got) and not got.kept
+
+
+def test_stored_keys_are_torchvisions():
+    """The stored lists are what the installed torchvision's definitions give, for every zoo
+    network with a torchvision builder (the regnets, built on the CPU, two of them)."""
+    import runpy
+
     tv = models()
-    builder = "alexnet" if name == "alexnet_tv" else name
-    options = {"aux_logits": True, "init_weights": False} if name in ("googlenet", "inception_v3") else {}
-    with torch.device("meta"):
-        state = getattr(tv, builder)(**options).state_dict()
-    graph = cnngraph.load(name)
-    got = cnngraph.import_weights(graph, state, naming="torchvision")
-    assert got.matched == len(state) and not got.kept
-    with torch.device("meta"):
-        cnngraph.build(graph).load_state_dict(got, strict=True)
+    script = runpy.run_path(str(Path(__file__).parent.parent / "scripts" / "torchvision_keys.py"))
+    stored, chosen = stored_keys(), script["models"](tv)
+    assert sorted(stored) == sorted(chosen)
+    for name, (builder, options) in chosen.items():
+        if name.startswith("regnet") and "400mf" not in name:
+            continue
+        state = script["state_of"](tv, builder, options)
+        assert [[k, list(v.shape)] for k, v in state.items()] == stored[name], name
 
 
-@pytest.mark.parametrize("name, size", [("googlenet", 64), ("inception_v3", 299)])
+def test_inception_v3_checkpoint_declares_the_same_normalisation():
+    """torchvision's inception_v3 has our keys: naming="torchvision" says it is theirs, and
+    brings the (x - 0.5) / 0.5 normalisation of transform_input, as googlenet's (below)."""
+    graph = cnngraph.load("inception_v3")
+    state = {k: torch.empty(shape, device="meta") for k, shape in stored_keys()["inception_v3"]}
+    assert cnngraph.import_weights(graph, state).alike == ["torchvision"]
+    assert graph.meta["normalize"]["mean"] == [0.485, 0.456, 0.406]  # ours: ImageNet's
+    assert cnngraph.import_weights(graph, state, naming="torchvision").normalize["std"] == [0.5] * 3
+    assert graph.meta["normalize"] == {"mean": [0.5] * 3, "std": [0.5] * 3}
+
+
+@pytest.mark.parametrize("name, size", [("googlenet", 64)])
 def test_transform_input_checkpoint_predicts_as_torchvision_through_infer(name, size, tmp_path,
                                                                           capsys):
     """torchvision's pretrained googlenet and inception_v3 (transform_input=True) take an
@@ -199,3 +238,100 @@ def test_transform_input_checkpoint_predicts_as_torchvision_through_infer(name, 
     # the ImageNet normalisation (what the family declares for its own training) differs
     graph = cnngraph.load(name, input_shape=(3, size, size))
     assert graph.meta["normalize"]["mean"] == [0.485, 0.456, 0.406]
+
+
+# --- the command line ----------------------------------------------------------------------
+def one_line_error(capsys, *argv) -> str:
+    from cnngraph.cli import main
+
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    return err
+
+
+TOY = """
+name: toy
+input: [3, 16, 16]
+meta:
+  naming:                       # as a Sequential(features) + Linear(fc) model would name it
+    other:
+      normalize: {mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25]}
+      rules:
+        - {rename: '^(conv|bn|relu|pool)\\d$', to: 'features.{0}'}
+        - {sequential: features, flat: true}
+layers:
+  - {name: conv1, op: conv2d, out: 8, kernel: 3, padding: 1, bias: false}
+  - {name: bn1, op: batch_norm}
+  - {name: relu1, op: relu}
+  - {name: pool1, op: max_pool2d, kernel: 2, stride: 2}
+  - {name: conv2, op: conv2d, out: 8, kernel: 3, padding: 1}
+  - {name: relu2, op: relu}
+  - {name: flatten, op: flatten}
+  - {name: fc, op: linear, out: 5}
+"""
+
+
+def test_cli_weights_export_verify_bench_take_another_naming(tmp_path, capsys):
+    """A checkpoint of a user's spec in the names its `meta.naming` declares (features.0,
+    features.1, features.4, fc): converted once, and taken directly by export, verify and
+    bench; the normalisation the naming declares reaches the exported model."""
+    import onnx
+
+    from cnngraph.cli import main
+
+    spec = tmp_path / "toy.yaml"
+    spec.write_text(TOY)
+    graph = cnngraph.load(spec)
+    torch.manual_seed(5)  # not the commands' default seed 0
+    ours = cnngraph.build(graph).state_dict()
+    number = {"conv1": 0, "bn1": 1, "conv2": 4}  # relu1 2, pool1 3: counted, as nn.Sequential
+    theirs = {(f"features.{number[k.split('.')[0]]}." if k.split(".")[0] in number else "fc.")
+              + k.split(".", 1)[1]: v for k, v in ours.items()}
+    torch.save(theirs, tmp_path / "other.pth")
+
+    assert main(["weights", str(tmp_path / "other.pth"), "--spec", str(spec),
+                 "-o", str(tmp_path / "w.safetensors")]) == 0
+    out = capsys.readouterr().out
+    assert f"naming other, {len(ours)} tensors matched" in out and "std [0.25, 0.25, 0.25]" in out
+    converted = cnngraph.import_weights(cnngraph.load(spec), tmp_path / "w.safetensors")
+    assert converted.naming == "cnngraph" and converted.normalize["std"] == [0.25] * 3
+    assert all(torch.equal(converted[k], ours[k]) for k in ours)
+
+    assert main(["export", str(spec), "--weights", str(tmp_path / "other.pth"),
+                 "-o", str(tmp_path / "m.onnx")]) == 0
+    assert "naming other" in capsys.readouterr().err  # the note, off stdout
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
+    assert json.loads(props["cnngraph.normalize"])["std"] == [0.25] * 3
+    assert main(["verify", str(tmp_path / "m.onnx"), "--against", str(spec),
+                 "--weights", str(tmp_path / "w.safetensors")]) == 0
+    assert "PASS" in capsys.readouterr().out
+    assert main(["verify", str(tmp_path / "m.onnx"), "--against", str(spec)]) == 1  # other weights
+    capsys.readouterr()
+    for model in (tmp_path / "m.onnx", spec):  # PyTorch against the export, and the spec
+        assert main(["bench", str(model), "--weights", str(tmp_path / "other.pth"),
+                     "--batch-sizes", "1", "--seconds", "0.02", "--device", "cpu", "--json"]) == 0
+        rows = json.loads(capsys.readouterr().out)["results"]
+        assert {r["engine"] for r in rows} >= {"torch eager", "onnxruntime"}
+        assert all(r["max_rel_err"] < 1e-4 for r in rows if r["engine"] == "onnxruntime")
+
+
+def test_cli_wrong_checkpoints_are_one_line_and_write_nothing(tmp_path, capsys):
+    out = tmp_path / "out.safetensors"
+    ten = torchvision_state("resnet18", fc__weight=(10, 512), fc__bias=(10,))
+    torch.save(ten, tmp_path / "ten.pth")
+    message = one_line_error(capsys, "weights", tmp_path / "ten.pth", "--spec", "resnet18", "-o", out)
+    assert "2 mis-shaped (fc.weight (10, 512) (expected (1000, 512))" in message
+    assert "cnngraph train --weights" in message
+    message = one_line_error(capsys, "weights", tmp_path / "ten.pth", "--spec", "googlenet", "-o", out)
+    assert "fits 'googlenet' under none of its namings (cnngraph, torchvision)" in message
+    torch.save({"conv1.weight": torch.zeros(1), "f": torch.nn.ReLU()}, tmp_path / "obj.pth")
+    assert "holds pickled Python objects" in one_line_error(
+        capsys, "weights", tmp_path / "obj.pth", "--spec", "resnet18", "-o", out)
+    assert "knows cnngraph, torchvision" in one_line_error(
+        capsys, "weights", tmp_path / "ten.pth", "--spec", "resnet18", "-o", out, "--naming", "tf")
+    assert "is a safetensors file" in one_line_error(
+        capsys, "weights", tmp_path / "ten.pth", "--spec", "resnet18", "-o", tmp_path / "o.pth")
+    assert "mis-shaped" in one_line_error(capsys, "export", "resnet18", "--weights",
+                                          tmp_path / "ten.pth", "-o", tmp_path / "m.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["obj.pth", "ten.pth"]

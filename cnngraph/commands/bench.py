@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import about
 from ..errors import InputError
-from ..options import SECONDS, SEED, batch_list
+from ..options import SECONDS, SEED, add_weights, batch_list
 
 
 def register(subparsers) -> None:
@@ -36,8 +36,7 @@ def register(subparsers) -> None:
     p.add_argument("--calibrate", metavar="DATA",
                    help="with --int8: calibration data (default: a run's own training data, "
                         "else seeded random inputs, which time the same but score nothing)")
-    p.add_argument("--weights", type=Path, help="weights (.safetensors or torch state_dict file); "
-                   "default: a run's best weights, or a seeded random initialisation")
+    add_weights(p, "a run's best weights, or a seeded random initialisation")
     p.add_argument("--seed", type=SEED, default=0, help="seed of the random initialisation and inputs")
     p.add_argument("--seconds", type=SECONDS, default=3.0, help="time budget per measurement")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -62,21 +61,18 @@ def spec_graph(model: Path):
         return None
 
 
-def module_for_onnx(model: Path, graph, weights: Path):
+def module_for_onnx(model: Path, graph, weights: Path, naming: str | None = None):
     """The PyTorch module of an exported model: the graph of its cnngraph.spec metadata
     (`spec_graph`), these weights."""
     import cnngraph
-    from ..files import read_weights
     if graph is None:
         raise InputError(f"{model}: has no cnngraph.spec metadata, so PyTorch cannot rebuild it; "
                          "bench it without --weights (onnxruntime only)")
     if not weights.is_file():
         raise InputError(f"{weights}: no such weights file")
-    from exporters.ir_export import check_weights, state_arrays
+    from ..pretrained import load_weights
     module = cnngraph.build(graph)
-    state = read_weights(weights)
-    check_weights(graph, state_arrays(state), built=module)   # one message listing every bad key
-    module.load_state_dict(state, strict=False)   # checked above; BN step counters optional
+    load_weights(graph, module, weights, naming=naming, say=say)  # any naming; one-line errors
     return module.eval()
 
 
@@ -132,7 +128,7 @@ def run(args) -> int:
         if not source.is_file():
             raise InputError(f"{source}: no such model file")
         graph = spec_graph(source)
-        module = module_for_onnx(source, graph, args.weights) if args.weights else None
+        module = module_for_onnx(source, graph, args.weights, args.naming) if args.weights else None
         macs = graph.macs_for(False) if graph is not None else None
         with tempfile.TemporaryDirectory(prefix="cnngraph-bench-") as folder:
             int8 = int8_model(source, Path(folder), args.calibrate) if args.int8 else None
@@ -143,7 +139,7 @@ def run(args) -> int:
 
         from .export import resolve
         say(f"building {args.model}")
-        graph, module = resolve(args.model, args.weights, args.seed)
+        graph, module = resolve(args.model, args.weights, args.seed, args.naming)
         with tempfile.TemporaryDirectory(prefix="cnngraph-bench-") as folder:
             path = Path(folder) / f"{graph.name}.onnx"
             say(f"exporting {graph.name} to ONNX")

@@ -7,8 +7,8 @@ import tempfile
 from pathlib import Path
 
 from ..errors import ExportError
-from ..files import check_output, read_weights
-from ..options import BATCH, OPSET, SEED, Range
+from ..files import check_output
+from ..options import BATCH, OPSET, SEED, Range, add_weights
 
 log = logging.getLogger("cnngraph.export")
 
@@ -53,8 +53,7 @@ INSTANCES = Range(int, 1, 64)
 
 
 def add_weight_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights", type=Path, help="a .safetensors file or a torch state_dict file "
-                   "(default: the run's best weights, or a seeded random initialisation)")
+    add_weights(p, "the run's best weights, or a seeded random initialisation")
     p.add_argument("--seed", type=SEED, default=0, help="seed of the random initialisation")
 
 
@@ -84,7 +83,7 @@ def run(args) -> int:
     if args.triton is not None:
         from ..triton import model_config_pb2
         model_config_pb2()  # the optional dependency is there, before any work
-    graph, module = resolve(args.source, args.weights, args.seed)
+    graph, module = resolve(args.source, args.weights, args.seed, args.naming)
     with tempfile.TemporaryDirectory(prefix="cnngraph-export-") as folder:
         staged = Path(folder) / "model.onnx"
         float_path = staged if args.int8 or args.output is None else args.output
@@ -96,7 +95,7 @@ def run(args) -> int:
         if args.int8:
             from .quantize import quantize
             final = args.output or Path(folder) / "model.int8.onnx"
-            if quantize(float_path, final, args):
+            if quantize(float_path, final, args, scratch=args.output is None):
                 return 1
         elif args.output is not None:
             size = args.output.stat().st_size / 1e6
@@ -113,10 +112,11 @@ def run(args) -> int:
     return 0
 
 
-def resolve(source: str, weights: Path | None, seed: int):
+def resolve(source: str, weights: Path | None, seed: int, naming: str | None = None):
     """(graph, module) for a source: a run directory gives its spec and best weights (its last
     ones, said on stdout, before an epoch has finished); else the spec (file or zoo name) with
-    `weights`, or a random initialisation seeded by `seed`."""
+    `weights` (any naming import_weights takes; `naming` forces one), or a random
+    initialisation seeded by `seed`."""
     import torch
 
     import cnngraph
@@ -131,11 +131,13 @@ def resolve(source: str, weights: Path | None, seed: int):
                   f"using its last weights, {LAST}")
     else:
         graph, state = cnngraph.load(source), None
-    if weights:
-        state = read_weights(weights)
     torch.manual_seed(seed)
     module = cnngraph.build(graph).eval()
-    if state is not None:
+    if weights:
+        from ..pretrained import load_weights
+
+        load_weights(graph, module, weights, naming=naming)
+    elif state is not None:
         from exporters.ir_export import check_weights, state_arrays
 
         check_weights(graph, state_arrays(state), built=module)

@@ -17,7 +17,7 @@ from ..errors import InputError
 from ..options import Range
 
 MAX_DROP = Range(float, 0, 100)
-SAMPLES = Range(int, 1, 100_000)
+SAMPLES = Range(int, 1, 10_000)
 
 
 def register(subparsers) -> None:
@@ -42,13 +42,15 @@ def add_int8_options(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--max-drop", type=MAX_DROP, default=1.0, metavar="POINTS",
                    help="the most top-1 may drop, in percentage points (default 1)")
     p.add_argument("--eval-samples", type=SAMPLES, metavar="N",
-                   help="score the gate on a seeded subset of N held-out samples (default all)")
+                   help="score the gate on a seeded subset of N held-out samples (default: all, "
+                   "up to 10,000)")
     p.add_argument("--per-tensor", action="store_true",
                    help="one scale per weight tensor instead of per output channel")
 
 
-def quantize(src: Path, dst: Path, args) -> int:
-    """The quantize + gate step shared by `quantize` and `export --int8`: 0, or 1 when refused."""
+def quantize(src: Path, dst: Path, args, scratch: bool = False) -> int:
+    """The quantize + gate step shared by `quantize` and `export --int8`: 0, or 1 when refused.
+    `scratch`: dst is a temporary file (export --triton without -o), not named to the user."""
     from ..quantize import Settings, quantize_file
 
     gate = quantize_file(src, dst, calibrate=args.calibrate, data=args.data,
@@ -58,10 +60,12 @@ def quantize(src: Path, dst: Path, args) -> int:
                f"{gate.samples} samples of {gate.data}: drop {gate.drop:.2f} points")
     if gate.passed:
         size = dst.stat().st_size / 1e6
-        print(f"wrote {dst} ({size:.1f} MB, int8); {figures} (max {args.max_drop:g})")
+        print(f"{'int8' if scratch else f'wrote {dst} ({size:.1f} MB, int8)'}: {figures} "
+              f"(max {args.max_drop:g})")
         return 0
-    print(f"REFUSED: {figures} > --max-drop {args.max_drop:g}; int8 model written to "
-          f"{dst.name}.rejected, not {dst.name}")
+    kept = ("nothing written (give -o FILE to keep it as FILE.rejected)" if scratch else
+            f"int8 model written to {dst.name}.rejected, not {dst.name}")
+    print(f"REFUSED: {figures} > --max-drop {args.max_drop:g}; {kept}")
     return 1
 
 

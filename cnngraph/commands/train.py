@@ -5,7 +5,7 @@ import argparse
 import json
 import os
 
-from ..options import BATCH, COUNT, FRACTION, NON_NEGATIVE, POSITIVE, SEED
+from ..options import BATCH, COUNT, FRACTION, NON_NEGATIVE, POSITIVE, SEED, add_weights
 
 
 def register(subparsers) -> None:
@@ -36,9 +36,8 @@ def register(subparsers) -> None:
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--checkpoint-minutes", type=NON_NEGATIVE,
                    help="also checkpoint inside an epoch this often, default 5 (0: every step)")
-    p.add_argument("--weights", metavar="FILE",
-                   help="start from these weights (.safetensors or .pt/.pth state_dict); with "
-                        "another number of classes than the data, the head is re-initialised")
+    add_weights(p, "a fresh initialisation; where the data has another number of classes, "
+                   "the spec's head (meta.head) is re-sized and re-initialised, the rest loaded")
     p.add_argument("--freeze", metavar="LAYER",
                    help="do not train LAYER and every layer before it (a block path: the "
                         "whole block); their batch norms stay in eval mode")
@@ -54,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     options = {name: getattr(args, name) for name in (
         "epochs", "batch_size", "lr", "optimizer", "schedule", "weight_decay", "val_fraction",
         "train_samples", "seed", "deterministic", "device", "amp", "compile",
-        "checkpoint_minutes", "weights", "freeze")}
+        "checkpoint_minutes", "weights", "naming", "freeze")}
     if args.augment is not None:
         options["augment"] = tuple(a for a in args.augment.split(",") if a)
     result = train(args.spec, data=args.data, out=args.out, resume=args.resume, **options)

@@ -54,7 +54,7 @@ def run(args) -> int:
             raise PlacementError(f"--placement cuda asked for, but {reason}; check placement on "
                                  "this machine with --placement cpu")
     model = read_model(args.model)
-    graph, module = resolve(args.against, args.weights, args.seed)
+    graph, module = resolve(args.against, args.weights, args.seed, args.naming)
     exported_from = _exported_from(model, graph)
     if exported_from:
         print(f"note: {args.model} was exported from spec '{exported_from}', and --against "

@@ -137,7 +137,10 @@ def load_image(path: Path, shape: tuple[int, int, int], channel_order: str = "RG
     if pixels.ndim == 2:
         return pixels[None]
     chw = pixels.transpose(2, 0, 1)
-    return chw[::-1].copy() if channel_order == "BGR" and channels == 3 else chw
+    if channel_order == "BGR" and channels == 3:
+        log.warning("note: %s: RGB -> BGR (the model's channel order)", path)
+        return chw[::-1].copy()
+    return chw
 
 
 def _check_polarity(path: Path, pixels: np.ndarray, meta: ModelMeta) -> None:

@@ -31,6 +31,7 @@ class TrainConfig:
     compile: bool = False
     checkpoint_minutes: float = 5.0  # also checkpoint inside an epoch this often
     weights: str | None = None  # start from these weights (the head re-sized to the data)
+    naming: str | None = None  # whose names the weights have (default: from the keys)
     freeze: str | None = None  # a layer path: it and every layer before it do not train
 
     def __post_init__(self):
@@ -63,7 +64,8 @@ DEFAULTS = TrainConfig()
 _KINDS = {int: (int,), float: (int, float), str: (str,), bool: (bool,), tuple: (list,),
           type(None): ()}
 _NONE = {"lr": (int, float, type(None)), "train_samples": (int, type(None)),
-         "amp": (bool, type(None)), "weights": (str, type(None)), "freeze": (str, type(None))}
+         "amp": (bool, type(None)), "weights": (str, type(None)), "naming": (str, type(None)),
+         "freeze": (str, type(None))}
 
 # Options that may differ when a run is resumed (where and how fast, not what is computed).
 RUNTIME_OPTIONS = {"device", "amp", "compile", "checkpoint_minutes"}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 from difflib import get_close_matches
-from pathlib import Path
 
 from ..errors import CnnGraphError, SpecError
 from ..graph import Graph
@@ -99,45 +98,41 @@ def classes_of(dataset) -> list[str]:
 
 
 # --- the weights --------------------------------------------------------------------------
-def read_weights(graph: Graph, source) -> dict:
-    """The state_dict of `graph` (as built) in the file `source`."""
-    from ..files import read_weights as read
-
-    return read(Path(source))
+def fresh_layers(base: Graph, graph: Graph) -> list[str]:
+    """The head layers `graph` re-sized from `base` (none when the classes agree)."""
+    return head_layers(graph) if graph.num_classes != base.num_classes else []
 
 
-def layer_keys(model, graph: Graph, layers: list[str]) -> dict[str, list[str]]:
+def read_weights(base: Graph, graph: Graph, source, naming: str | None = None):
+    """The weights `source` for `base` (`cnngraph.import_weights`: cnngraph's or torchvision's
+    names, one-line errors), the head that `graph` re-sized neither required nor taken."""
+    from ..pretrained import import_weights
+
+    return import_weights(base, source, naming=naming, ignore=fresh_layers(base, graph),
+                          update_meta=False)
+
+
+def start(model, base: Graph, graph: Graph, weights, source) -> dict:
+    """Load `weights` (read_weights) into `model` (built from `graph`) except the re-sized
+    head; the record of what was loaded and what kept its fresh initialisation."""
+    fresh = fresh_layers(base, graph)
+    skip = {k for keys in layer_keys(model, fresh).values() for k in keys}
+    own = model.state_dict()
+    loaded = {k: weights[k] for k in own if k not in skip}
+    model.load_state_dict({**own, **loaded})
+    taken = [k for k in loaded if k not in weights.kept]
+    return {"weights": str(source), "naming": weights.naming, "loaded_tensors": len(taken),
+            "loaded_layers": [n.name for n in graph if any(k.startswith(n.name + ".")
+                                                           for k in taken)],
+            "kept": [k for k in weights.kept if k not in skip], "reinitialised": fresh,
+            "classes": [base.num_classes, graph.num_classes]}
+
+
+def layer_keys(model, layers: list[str]) -> dict[str, list[str]]:
     """The state_dict keys of each layer (its module's), by layer path."""
     modules = dict(model.named_modules())
     return {name: [f"{name}.{k}" for k in modules[name].state_dict()] if name in modules else []
             for name in layers}
-
-
-def start(model, base: Graph, graph: Graph, source) -> dict:
-    """Load the weights `source` (made for `base`) into `model` (built from `graph`: `base`,
-    or `base` with a re-sized head) except the head when it was re-sized; the record of what
-    was loaded and what kept its fresh initialisation."""
-    weights = read_weights(base, source)
-    resized = graph.num_classes != base.num_classes
-    fresh = head_layers(graph) if resized else []
-    skip = {k for keys in layer_keys(model, graph, fresh).values() for k in keys}
-    own = model.state_dict()
-    missing = [k for k in own if k not in skip and k not in weights]
-    extra = [k for k in weights if k not in own and k not in skip]
-    shaped = [f"{k} {list(weights[k].shape)} (needs {list(own[k].shape)})" for k in own
-              if k not in skip and k in weights and weights[k].shape != own[k].shape]
-    if missing or extra or shaped:
-        parts = [f"{len(v)} {what}: {', '.join(v[:3])}{', …' if len(v) > 3 else ''}"
-                 for what, v in (("missing", missing), ("unexpected", extra),
-                                 ("mis-shaped", shaped)) if v]
-        raise CnnGraphError(f"--weights {source}: does not fit '{base.name}' ({'; '.join(parts)})"
-                            "; give weights saved from this network (or the spec they were "
-                            "trained with)")
-    loaded = {k: weights[k] for k in own if k not in skip}
-    model.load_state_dict({**own, **loaded})
-    layers = [n.name for n in graph if any(k.startswith(n.name + ".") for k in loaded)]
-    return {"weights": str(source), "loaded_tensors": len(loaded), "loaded_layers": layers,
-            "reinitialised": fresh, "classes": [base.num_classes, graph.num_classes]}
 
 
 # --- freezing -----------------------------------------------------------------------------
@@ -152,8 +147,7 @@ def frozen_layers(graph: Graph, layer: str) -> list[str]:
         near = get_close_matches(layer, sorted(paths), n=3, cutoff=0.5)
         close = f" (close: {', '.join(near)})" if near else ""
         raise CnnGraphError(f"--freeze {layer}: no layer or block of '{graph.name}' has this "
-                            f"path{close}; `cnngraph show {graph.source or graph.name}` lists "
-                            "them")
+                            f"path{close}; `cnngraph show` lists the layer paths in order")
     return order[:max(hits) + 1]
 
 
@@ -182,5 +176,7 @@ def summary(record: dict, freeze: str | None, frozen: list[str] | None) -> str:
     fresh = (f"; re-initialised {', '.join(record['reinitialised'])} ({old} -> {new} classes)"
              if record["reinitialised"] else "")
     frozen = f"; froze {len(frozen)} layers up to {freeze} (eval mode)" if frozen else ""
+    names = "" if record["naming"] == "cnngraph" else f", {record['naming']} names"
+    kept = f"; {len(record['kept'])} kept fresh (not in the file)" if record["kept"] else ""
     return (f"weights: loaded {record['loaded_tensors']} tensors ({len(record['loaded_layers'])} "
-            f"layers) from {record['weights']}{fresh}{frozen}")
+            f"layers{names}) from {record['weights']}{fresh}{kept}{frozen}")

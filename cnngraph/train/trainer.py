@@ -315,7 +315,10 @@ def _train(graph, spec_or_graph, data, out, resume, options, progress, device, d
     graph, dataset = _load_dataset(data, graph, config)
     if config.freeze is not None:  # an unknown path fails before anything is written
         finetune.frozen_layers(graph, config.freeze)
-    info = rd.read_info(run / rd.INFO) if resume else _info(graph, dataset, config)
+    weights = None  # resumed from a checkpoint: never read again (the file may be gone)
+    if config.weights is not None and not state:
+        weights = finetune.read_weights(base, graph, config.weights, config.naming)
+    info = rd.read_info(run / rd.INFO) if resume else _info(graph, dataset, config, weights)
     sizes = [len(dataset.y_train), len(dataset.y_val)]
     if sizes != [info["train_samples"], info["val_samples"]]:
         raise DataError(f"{run} was trained on {info['data']} ({info['train_samples']} + "
@@ -325,7 +328,8 @@ def _train(graph, spec_or_graph, data, out, resume, options, progress, device, d
             _deterministic(config.deterministic):
         torch.manual_seed(config.seed)
         model = build(graph)
-        frozen = _start(model, base, graph, config, info, state, resume, ddp.main and progress)
+        frozen = _start(model, base, graph, config, info, weights, resume,
+                        ddp.main and progress)
         ddp.barrier()  # every process has checked the run directory before rank 0 writes
         if ddp.main:
             _write_run_header(run, graph, config, info, resume, hold)
@@ -336,18 +340,17 @@ def _train(graph, spec_or_graph, data, out, resume, options, progress, device, d
     return result
 
 
-def _start(model, base: Graph, graph: Graph, config: TrainConfig, info: dict, state,
+def _start(model, base: Graph, graph: Graph, config: TrainConfig, info: dict, weights,
            resume: bool, show: bool) -> list:
-    """--weights into the fresh model (unless a checkpoint will replace them), then --freeze;
-    a new run records both in `info` (info.json), and loading weights prints one line.
-    Returns the frozen modules. Nothing is written yet: bad weights leave no run behind."""
+    """`weights` (read_weights, or None) into the fresh model, then --freeze; a new run
+    records both in `info` (info.json), and loading weights prints one line. Returns the
+    frozen modules. Nothing is written yet: bad options leave no run behind."""
     record = None
-    if config.weights is not None and not state:
-        record = finetune.start(model, base, graph, config.weights)
+    if weights is not None:
+        record = finetune.start(model, base, graph, weights, config.weights)
     frozen = []
     if config.freeze is not None:
-        fresh = finetune.head_layers(graph) if graph.num_classes != base.num_classes else []
-        frozen = finetune.freeze(model, graph, config.freeze, fresh)
+        frozen = finetune.freeze(model, graph, config.freeze, finetune.fresh_layers(base, graph))
     if not resume:
         names = {n for n, m in model.named_modules() if any(m is f for f in frozen)}
         if record is not None:
@@ -364,14 +367,17 @@ def _bgr(graph: Graph) -> bool:
     return graph.meta.get("channel_order") == "BGR" and graph.input_shape[:1] == (3,)
 
 
-def _info(graph: Graph, dataset: Dataset, config: TrainConfig) -> dict:
+def _info(graph: Graph, dataset: Dataset, config: TrainConfig, weights=None) -> dict:
     """What the run's model needs besides its weights. Starting from weights, the input is
-    normalised as the network declares (meta.normalize, what the weights were trained with)
-    when it does; else by the training set's statistics."""
+    normalised as they expect: as their naming declares (torchvision's googlenet), else as the
+    network declares (meta.normalize); else by the training set's statistics."""
     mean, std = channel_stats(dataset.x_train, dataset.pixel_scale, graph.input_shape)
     if _bgr(graph):  # the statistics of the channels as the network gets them
         mean, std = mean[::-1], std[::-1]
-    declared = graph.normalization(graph.inputs[0].name) if config.weights else None
+    declared = None
+    if config.weights is not None:
+        declared = ((weights.normalize if weights is not None else None)
+                    or graph.normalization(graph.inputs[0].name))
     if declared:
         channels = graph.input_shape[0]
         mean, std = ([float(v) for v in declared[k]] * (channels if len(declared[k]) == 1 else 1)
