@@ -182,6 +182,12 @@ def check_meta(graph: Graph, source: Source) -> None:
                        f"{width} classes: give {width} names", meta, "classes")
     if "head" in meta:
         _check_head(graph, meta, fail)
+    if "naming" in meta:
+        from .naming import check
+        try:
+            check(graph, meta["naming"])
+        except SpecError as exc:  # at the line of meta.naming
+            raise fail(exc.reason, meta, "naming") from None
 
 
 def _check_head(graph: Graph, meta: dict, fail) -> None:

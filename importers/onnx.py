@@ -1,11 +1,12 @@
 """ONNX -> cnngraph spec: `from_onnx(path) -> (spec, state_dict)`.
 
-The model is read bounded (cnngraph/files.py's read_onnx, no external data), brought to a
-standard form by library tooling -- onnx's version converter (opset 13 at least), its inliner
-(model-local functions, except the `cnngraph` domain's, which map to ops), its shape
-inference, and onnxscript's constant folding -- and then read node by node: each node becomes
-one layer of a flat spec (a few patterns become one layer: MatMul + Add is a linear layer, a
-DeformConv's offset convolution is part of it), its constant inputs become the layer's weights.
+The model is read bounded (cnngraph/files.py's read_onnx; external weights only from its own
+folder), brought to a standard form by library tooling -- onnx's version converter (opset 13 at
+least), its inliner (model-local functions, except the `cnngraph` domain's, which map to ops),
+its shape inference, and onnxscript's constant folding -- and then read node by node: each node
+becomes one layer of a flat spec (a few patterns become one layer: MatMul + Add is a linear
+layer, a DeformConv's offset convolution is part of it, the Erf form of GELU is a gelu), its
+constant inputs become the layer's weights.
 The spec is loaded at the end and every layer's shape is compared with the one ONNX infers, so
 a node whose semantics the mapping got wrong is an error, not a silently different network.
 """
@@ -849,6 +850,14 @@ class _Importer:
         if len(self.in_shape()) != 4:
             self.refuse("is not a 2-D pool")
         self.emit("global_avg_pool2d", [node.inputs[0]])
+
+    @handles("GlobalMaxPool")
+    def global_max_pool(self, node):
+        """The maximum over the whole (fixed-size) map: a max_pool2d of its size."""
+        shape = self.in_shape()
+        if len(shape) != 4:
+            self.refuse("is not a 2-D pool")
+        self.emit("max_pool2d", [node.inputs[0]], kernel=list(shape[2:]))
 
     @handles("ReduceMean")
     def reduce_mean(self, node):

@@ -6,7 +6,8 @@ does this for the smallest variant of each family; this script is the full list,
 
 --size runs each net at that input resolution (default 64: onnxruntime's float16 kernels are
 slow on a CPU, and EfficientNet-B7 at its own 600x600 is 38 GMACs a sample; the layers and
-weights are the same at any size); --size 0 keeps each variant's own resolution. The weights are
+weights are the same at any size); --size 0 keeps each variant's own resolution; --in-process
+runs the commands in this one process (no start-up per command). The weights are
 a seeded initialisation with random batch-norm statistics and affine terms (a fresh network's
 are 0 and 1, and a fresh EfficientNet's logits are then about 1e-14, below float16's range),
 saved and given to both commands with --weights. Prints one line per export: name, input,
@@ -14,6 +15,8 @@ precision, worst relative error, PASS/FAIL, seconds."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import re
 import subprocess
 import sys
@@ -45,14 +48,32 @@ def random_weights(graph) -> dict[str, torch.Tensor]:
             m.running_var.uniform_(0.5, 1.5)
             m.weight.data.uniform_(0.5, 1.5)
             m.bias.data.uniform_(-0.5, 0.5)
+        if type(m).__name__ == "LayerScale":  # ConvNeXt's start at 1e-6: make the blocks count
+            m.weight.data.uniform_(0.5, 1.5)
     return {k: v.contiguous() for k, v in module.state_dict().items()}
+
+
+def run_in_process(argv: list[str], check: bool = False, **_) -> subprocess.CompletedProcess:
+    """`cnngraph ARGS` through cnngraph.cli.main, its output captured as subprocess.run's."""
+    from cnngraph.cli import main as cli
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        code = cli(argv[1:])
+    if check and code:
+        raise subprocess.CalledProcessError(code, argv)
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), "")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="*", default=FAMILIES)
     parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--in-process", action="store_true",
+                        help="run the same export and verify commands in this process (no "
+                        "start-up of torch and onnxruntime per command: for a busy machine)")
     args = parser.parse_args()
+    command = run_in_process if args.in_process else subprocess.run
     failed = 0
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.names:
@@ -65,10 +86,10 @@ def main() -> int:
                 path = Path(tmp) / f"{name}{'_fp16' if fp16 else ''}.onnx"
                 start = time.perf_counter()
                 given = ["--weights", str(weights)]
-                subprocess.run([CLI, "export", str(spec), "-o", str(path), *given]
-                               + ["--fp16"] * fp16, check=True, capture_output=True)
-                run = subprocess.run([CLI, "verify", str(path), "--against", str(spec), *given],
-                                     capture_output=True, text=True)
+                command([CLI, "export", str(spec), "-o", str(path), *given]
+                        + ["--fp16"] * fp16, check=True, capture_output=True)
+                run = command([CLI, "verify", str(path), "--against", str(spec), *given],
+                              capture_output=True, text=True)
                 worst = re.search(r"worst relative error (\S+)", run.stdout)
                 failed += run.returncode != 0
                 print(f"{name:<20} {'x'.join(map(str, graph.input_shape))}  "

@@ -99,7 +99,8 @@ def test_version_prints_the_package_version(capsys):
 
 @pytest.mark.parametrize("argv", [["--help"], ["zoo"], ["show", "resnet18"], ["ops"],
                                   ["export", "--help"], ["bench", "--help"], ["verify", "--help"],
-                                  ["infer", "--help"], ["train", "--help"], ["demo", "--help"]])
+                                  ["infer", "--help"], ["train", "--help"], ["demo", "--help"],
+                                  ["import", "--help"]])
 def test_front_end_commands_never_import_torch(argv):
     """In a fresh interpreter: the heavy libraries (2-3 s of CPU) stay unimported."""
     code = ("import sys, contextlib, io\n"

@@ -287,3 +287,16 @@ def test_random_flip_mirrors_some_samples():
     flipped = [torch.equal(out[n], x[n].flip(-1)) for n in range(64)]
     kept = [torch.equal(out[n], x[n]) for n in range(64)]
     assert all(f or k for f, k in zip(flipped, kept)) and 10 < sum(flipped) < 54
+
+
+def test_a_recorded_glyphs_name_loads_the_same_samples():
+    """`cnngraph demo` records its data as glyphs(train=..., val=..., seed=...) in the run's
+    config.json; `export RUN --int8` names the run's data by it, so it must load again."""
+    from cnngraph.data import glyphs, load_data
+    made = glyphs(train=30, val=10, seed=3)
+    again = load_data(made.source, (1, 32, 32))
+    assert made.source == "glyphs(train=30, val=10, seed=3)"
+    assert np.array_equal(again.x_train, made.x_train) and np.array_equal(again.y_val, made.y_val)
+    for bad in ("glyphs(train=999999, val=999999, seed=0)", "nosuch(train=1, val=1, seed=0)"):
+        with pytest.raises(DataError):
+            load_data(bad, (1, 32, 32))

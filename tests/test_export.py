@@ -24,7 +24,8 @@ from exporters import DOMAIN, export_onnx, torch_onnx_export
 
 # The families of issue 12 export here in their smallest variant at 64x64 (the others are built from
 # the same blocks); scripts/verify_families.py exports and verifies every variant, fp32 and fp16.
-SMALLEST = {"mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "mnasnet0_5"}
+SMALLEST = {"mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "mnasnet0_5",
+            "squeezenet1_1", "shufflenet_v2_x0_5", "regnet_x_400mf", "regnet_y_400mf"}
 LARGER_VARIANTS = {f"efficientnet_b{k}" for k in range(1, 8)} | {
     "mobilenet_v3_large", "mnasnet0_75", "mnasnet1_0", "mnasnet1_3",
     "squeezenet1_0", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0",

@@ -354,7 +354,8 @@ def test_hand_written_graph_matches_onnxruntime(tmp_path):
 
 
 def test_old_opset_is_converted_and_several_inputs_map(tmp_path):
-    """An opset-9 model (Upsample, BatchNormalization, Dropout with its ratio attribute, LRN)
+    """An opset-9 model (Upsample, BatchNormalization, Dropout with its ratio attribute, LRN,
+    GlobalMaxPool)
     with two inputs and two outputs: converted by onnx's version converter, inputs and outputs
     kept; the Dropout is the identity in inference and gone."""
     rng = np.random.default_rng(2)
@@ -367,7 +368,8 @@ def test_old_opset_is_converted_and_several_inputs_map(tmp_path):
              node("Dropout", ["sum"], ["d"], name="drop", ratio=0.25),
              node("LRN", ["d"], ["n"], name="lrn", size=3, alpha=0.01, beta=0.6, bias=1.5),
              node("MaxPool", ["n"], ["pooled"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
-             node("Relu", ["pooled"], ["second"], name="relu")]
+             node("Relu", ["pooled"], ["r"], name="relu"),
+             node("GlobalMaxPool", ["r"], ["second"], name="gmax")]
     inits = [*_weights(rng, w=(4, 3, 3, 3), b=(4,), s=(4,), bb=(4,), mean=(4,)),
              numpy_helper.from_array(rng.uniform(0.5, 2, 4).astype(np.float32), "var"),
              numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")]
@@ -376,12 +378,12 @@ def test_old_opset_is_converted_and_several_inputs_map(tmp_path):
     _model(nodes, [value("image", TensorProto.FLOAT, ["N", 3, 6, 6]),
                    value("mask", TensorProto.FLOAT, ["N", 4, 12, 12])],
            [value("pooled", TensorProto.FLOAT, ["N", 4, 6, 6]),
-            value("second", TensorProto.FLOAT, ["N", 4, 6, 6])], inits, opset=9, path=path)
+            value("second", TensorProto.FLOAT, ["N", 4, 1, 1])], inits, opset=9, path=path)
     spec, state = from_onnx(path)
     assert spec["inputs"] == {"image": [3, 6, 6], "mask": [4, 12, 12]}
     assert [o["name"] for o in spec["outputs"]] == ["pooled", "second"]
     assert [layer["op"] for layer in spec["layers"]] == [
-        "conv2d", "batch_norm", "upsample", "add", "lrn", "max_pool2d", "relu"]
+        "conv2d", "batch_norm", "upsample", "add", "lrn", "max_pool2d", "relu", "max_pool2d"]
     feeds = {"image": rng.standard_normal((2, 3, 6, 6)).astype(np.float32),
              "mask": rng.standard_normal((2, 4, 12, 12)).astype(np.float32)}
     module = build_imported(spec, state)
@@ -612,3 +614,19 @@ def test_damaged_bytes_never_escape_as_other_errors():
             from_onnx(path)
         except CnnGraphError as exc:
             assert "\n" not in str(exc)
+
+
+def test_layer_names_are_valid_unique_identifiers(tmp_path):
+    """Node names become identifiers: the exporter's op suffix dropped, other characters '_',
+    no leading digit, unique, never a torch.nn.Module attribute (the builder refuses those),
+    an unnamed node named by its op type."""
+    node = helper.make_node
+    nodes = [node("Relu", ["x"], ["a"], name="block.1/conv/Relu"),
+             node("Relu", ["a"], ["b"], name="block.1/conv/Relu_7"),
+             node("Sigmoid", ["b"], ["c"], name="train"),
+             node("Tanh", ["c"], ["d"], name="3rd layer!"),
+             node("Relu", ["d"], ["y"], name="")]
+    spec, _ = from_onnx(_save_single(tmp_path, nodes, [], out_shape=["N", 3, 8, 8]))
+    assert [layer["name"] for layer in spec["layers"]] == [
+        "block_1_conv", "block_1_conv_2", "train_2", "tanh_3rd_layer", "relu"]
+    assert spec["outputs"] == [{"name": "y", "from": "relu"}]

@@ -2,6 +2,7 @@
 .npz files, all loaded into memory and brought to a spec's input by one documented rule."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from ..errors import DataError
@@ -10,6 +11,10 @@ from .glyphs import VARIANTS as GLYPH_VARIANTS, make_glyphs
 from .readers import read_cifar, read_image_folder, read_mnist, read_npz
 
 GLYPHS_TRAIN, GLYPHS_VAL = 20_000, 2_000
+GLYPHS_MAX = 1_000_000          # samples a recorded glyphs name may ask for (32x32 float32: 4 GiB)
+# The name glyphs() gives a non-default set (as `cnngraph demo` records it in a run's
+# config.json), read back so that the run's data can be named again (export --int8 of a run).
+GLYPHS_NAME = re.compile(r"(\w+)\(train=(\d{1,7}), val=(\d{1,7}), seed=(\d{1,10})\)")
 FORMATS = ("glyphs, glyphs16 (embedded), a .npz file, an MNIST IDX folder or images file, "
            "a CIFAR-10/100 python folder, an image folder (one subfolder per class)")
 
@@ -29,6 +34,13 @@ def load_data(source: str | Path, input_shape: tuple[int, int, int],
     files) as it is stored; `input_shape` only steers image-folder decoding."""
     if str(source) in GLYPH_VARIANTS:
         return glyphs(str(source))
+    named = GLYPHS_NAME.fullmatch(str(source))
+    if named and named[1] in GLYPH_VARIANTS:
+        train, val, seed = (int(v) for v in named.groups()[1:])
+        if not 1 <= train + val <= GLYPHS_MAX or seed >= 2 ** 32:
+            raise DataError(f"dataset '{source}': at most {GLYPHS_MAX:,} samples "
+                            "and a seed below 2**32")
+        return glyphs(named[1], train, val, seed)
     path = Path(source)
     if not path.exists():
         raise DataError(f"dataset '{source}' not found: give one of {FORMATS}")
