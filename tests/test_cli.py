@@ -114,3 +114,27 @@ def test_front_end_commands_never_import_torch(argv):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_verify_notes_a_constant_output(capsys, tmp_path):
+    """A network whose classifier has zero weights outputs zeros everywhere: onnxruntime agrees
+    exactly, and verify passes, but says that such an agreement checks little."""
+    import torch
+    from safetensors.torch import save_file
+
+    import cnngraph
+
+    spec = tmp_path / "net.yaml"
+    spec.write_text("name: net\ninput: [1, 8, 8]\nlayers:\n"
+                    "  - {name: conv, op: conv2d, out: 4, kernel: 3}\n"
+                    "  - {name: pool, op: global_avg_pool2d}\n"
+                    "  - {name: flat, op: flatten}\n"
+                    "  - {name: fc, op: linear, out: 3}\n")
+    state = cnngraph.build(cnngraph.load(str(spec))).state_dict()
+    state["fc.weight"], state["fc.bias"] = torch.zeros(3, 4), torch.zeros(3)
+    save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "w.safetensors")
+    model, weights = str(tmp_path / "net.onnx"), str(tmp_path / "w.safetensors")
+    assert main(["export", str(spec), "--weights", weights, "-o", model]) == 0
+    assert main(["verify", model, "--against", str(spec), "--weights", weights]) == 0
+    out = capsys.readouterr().out
+    assert "PASS" in out and "note: PyTorch's output 'fc' is the same number everywhere" in out

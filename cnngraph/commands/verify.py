@@ -84,7 +84,7 @@ def run(args) -> int:
     batches = (dims[0],) if isinstance(dims[0], int) and dims[0] > 0 else BATCHES
     rng = np.random.default_rng(args.seed)
     samples = int8_samples(model, args, takes, batches) if precision == "int8" else None
-    worst, agree, scored = 0.0, 0, 0
+    worst, agree, scored, constant = 0.0, 0, 0, set()
     print(f"{args.model} ({precision}) against {args.against}: max |onnx - torch|, and that "
           f"divided by max |torch|; tolerance {tolerance:g} relative"
           + (f", and top-1 agreement >= {INT8_AGREEMENT:.0%}" if samples else ""))
@@ -108,6 +108,8 @@ def run(args) -> int:
             abs_err = float(np.max(np.abs(got[name] - ref)))
             rel_err = abs_err / max(float(np.max(np.abs(ref))), 1e-12)
             worst = max(worst, rel_err)
+            if ref.size > 1 and float(np.ptp(ref)) == 0.0:
+                constant.add(name)
             verdict = "ok" if rel_err <= tolerance else "OVER TOLERANCE"
             same = ""
             if samples and ref.ndim == 2 and name == names[0]:
@@ -126,6 +128,10 @@ def run(args) -> int:
             print("hint: weights differ? export and verify must use the same --weights/--seed")
         return 1
     print(f"PASS: worst relative error {worst:.3e} <= {tolerance:g}")
+    for name in sorted(constant):  # agreement on a constant says little about the network
+        print(f"note: PyTorch's output '{name}' is the same number everywhere on these inputs, so "
+              f"this check says little; a dead layer (e.g. a ReLU before the classifier that "
+              f"never fires, or zero weights)?")
     if args.placement:
         from ..runtime import check_placement
 
