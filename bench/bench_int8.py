@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import cnngraph  # noqa: E402
+from cnngraph.files import read_onnx  # noqa: E402
 from cnngraph.quantize import Settings, quantize_file, quantize_model  # noqa: E402
 from exporters import export_onnx  # noqa: E402
 
@@ -87,7 +88,8 @@ def speed(models: list[str], runs: int) -> list[dict]:
                                                      if name.startswith("densenet") else []):
                 work = folder / f"{name}-{affine}"
                 work.mkdir()
-                model = quantize_model(fp32, calib, Settings(), "random", work, affine=affine)
+                model = quantize_model(read_onnx(fp32), fp32, calib, Settings(), "random", work,
+                                       affine=affine)
                 path = folder / f"{name}.{'int8' if affine else 'int8-bn'}.onnx"
                 path.write_bytes(model.SerializeToString())
                 variants[label] = path

@@ -202,18 +202,18 @@ class Settings:
             raise InputError(f"--samples must be from 1 to {MAX_SAMPLES:,}, got {self.samples}")
 
 
-def quantize_model(src: Path, calibration: np.ndarray, settings: Settings, data: str,
+def quantize_model(model, src: Path, calibration: np.ndarray, settings: Settings, data: str,
                    workdir: Path, source: str | None = None, affine: bool = True):
-    """The int8 ModelProto of the float model at `src`, calibrated on `calibration` (inputs as
-    the model takes them), with its metadata (the float model's, plus META_KEY). `affine`
-    False leaves unfoldable batch norms as they are (bench/bench_int8.py measures the fix)."""
+    """The int8 ModelProto of the float `model` (read from `src` by files.read_onnx, and
+    rewritten in place), calibrated on `calibration` (inputs as the model takes them), with its
+    metadata (the float model's, plus META_KEY). `affine` False leaves unfoldable batch norms as
+    they are (bench/bench_int8.py measures the fix)."""
     import onnx
     import onnxruntime as ort
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
                                           QuantType, quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    model = onnx.load(str(src))
     if is_quantized(model):
         raise InputError(f"{src}: already quantized; quantize the float model it came from")
     inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
@@ -289,7 +289,8 @@ def quantize_file(src: Path, dst: Path, *, calibrate: str, data: str | None = No
                                              eval_samples or EVAL_SAMPLES)
     say(f"calibrating on {len(x_cal)} samples of {cal_name}, method {settings.method}")
     with tempfile.TemporaryDirectory(prefix="cnngraph-int8-") as folder:
-        model = quantize_model(Path(src), x_cal, settings, cal_name, Path(folder), calibrate)
+        model = quantize_model(header, Path(src), x_cal, settings, cal_name, Path(folder),
+                               calibrate)
         blob = model.SerializeToString()
         gate = Gate(val_name, len(y_val), top1(cpu_session(Path(src)), x_val, y_val),
                     top1(cpu_session(blob), x_val, y_val), max_drop)

@@ -12,7 +12,7 @@ import cnngraph
 from cnngraph.passes import inference_graph
 from exporters import export_onnx
 from tests.test_ops import assert_lowering_matches, infer, node, stats
-from tests.torchvision_ref import load as load_torchvision
+from torchvision_ref import required as torchvision_required
 from cnngraph.ops import REGISTRY
 
 CLOSED_FORMS = {  # op, attributes -> y(x) written from the definitions
@@ -88,10 +88,7 @@ def test_stochastic_depth_semantics():
 
 
 def test_stochastic_depth_draws_as_torchvision():
-    torchvision = load_torchvision()
-    if torchvision is None:
-        pytest.skip("torchvision is not installed (optional test-only dependency)")
-    from torchvision.ops import stochastic_depth
+    stochastic_depth = torchvision_required().ops.stochastic_depth
 
     x = torch.randn(64, 3, 2, 2)
     for mode in ("row", "batch"):

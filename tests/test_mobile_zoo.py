@@ -12,7 +12,7 @@ import torch
 import cnngraph
 from cnngraph.expr import evaluate
 from exporters import export_onnx
-from tests.torchvision_ref import models as tv_models
+from torchvision_ref import models as tv_models
 
 SMALLEST = ["mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "mnasnet0_5"]
 SIZE = [3, 64, 64]

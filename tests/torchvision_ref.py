@@ -44,9 +44,14 @@ def load() -> ModuleType | None:
         return None
 
 
-def models() -> ModuleType:
-    """torchvision.models, or skip the calling test (with the reason) where torchvision is missing."""
+def required() -> ModuleType:
+    """torchvision, or skip the calling test (with the reason) where torchvision is missing."""
     torchvision = load()
     if torchvision is None:
         pytest.skip("torchvision is not installed (optional test-only dependency; scripts/setup.sh installs it)")
-    return torchvision.models
+    return torchvision
+
+
+def models() -> ModuleType:
+    """torchvision.models, or skip the calling test where torchvision is missing."""
+    return required().models

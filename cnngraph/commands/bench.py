@@ -97,7 +97,7 @@ def int8_model(path: Path, folder: Path, calibrate: str | None) -> Path:
         say("int8: calibrating on 16 seeded random inputs (speed only; give --calibrate DATA "
             "to calibrate on data)")
     (folder / "int8").mkdir(exist_ok=True)
-    model = quantize_model(path, x, Settings(), data, folder / "int8", calibrate)
+    model = quantize_model(header, path, x, Settings(), data, folder / "int8", calibrate)
     out = folder / "model.int8.onnx"
     out.write_bytes(model.SerializeToString())
     return out
